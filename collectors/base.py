@@ -106,7 +106,9 @@ class Collector(ABC):
     def declared(cls) -> dict[str, SignalSpec]:
         """Every signal this collector may emit, by name, ``up`` and duration included."""
         own = {spec.name: spec for spec in cls.signals}
-        own[f"{cls.source}.up"] = SignalSpec(f"{cls.source}.up", "1", "1 if the last scrape succeeded")
+        own[f"{cls.source}.up"] = SignalSpec(
+            f"{cls.source}.up", "1", "1 if the last scrape succeeded"
+        )
         own[f"{cls.source}.scrape_duration_seconds"] = SignalSpec(
             f"{cls.source}.scrape_duration_seconds", "s", "time the last scrape took"
         )
@@ -150,6 +152,8 @@ def _to_batch(collector: Collector, readings: list[Reading], now: float) -> Samp
     builder = BatchBuilder()
     for reading in readings:
         if reading.signal not in declared:
-            raise InvalidSample("undeclared_signal", f"{collector.name} emitted {reading.signal}")
+            raise InvalidSample(
+                "undeclared_signal", f"{collector.name} emitted {reading.signal}"
+            )
         builder.add(now, reading.signal, {**collector.labels, **reading.labels}, reading.value)
     return builder.build()

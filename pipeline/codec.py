@@ -91,7 +91,9 @@ class Decoder:
     def _series(self, blob: bytes, count: int) -> tuple[list[Series], dict[int, InvalidSample]]:
         keys = blob.decode("utf-8", errors="strict").split("\n") if count else []
         if len(keys) != count:
-            raise DecodeError("bad_dictionary", f"dictionary has {len(keys)} keys, header says {count}")
+            raise DecodeError(
+                "bad_dictionary", f"dictionary has {len(keys)} keys, header says {count}"
+            )
 
         if len(self._known) > _CACHE_LIMIT:
             self._known.clear()
@@ -116,13 +118,17 @@ class Decoder:
 
 def _read_header(message: bytes) -> tuple[int, int, bytes, int]:
     if len(message) < _HEADER.size:
-        raise DecodeError("truncated", f"message of {len(message)} bytes is shorter than a header")
+        raise DecodeError(
+            "truncated", f"message of {len(message)} bytes is shorter than a header"
+        )
 
     magic, version, n_series, n_samples, keys_len = _HEADER.unpack_from(message)
     if magic != MAGIC:
         raise DecodeError("bad_magic", f"message starts with {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
-        raise DecodeError("unknown_version", f"wire version {version}, this build reads {VERSION}")
+        raise DecodeError(
+            "unknown_version", f"wire version {version}, this build reads {VERSION}"
+        )
 
     keys_end = _HEADER.size + keys_len
     columns_at = keys_end + (-keys_end % 8)
@@ -147,7 +153,11 @@ def _split_invalid(batch: SampleBatch, bad_series: dict[int, InvalidSample]) -> 
 
     checks = [
         ("non_finite_value", "value is NaN or infinite", ~np.isfinite(batch.value)),
-        ("bad_timestamp", "ts is not seconds since the epoch", ~((batch.ts >= MIN_TS) & (batch.ts < MAX_TS))),
+        (
+            "bad_timestamp",
+            "ts is not seconds since the epoch",
+            ~((batch.ts >= MIN_TS) & (batch.ts < MAX_TS)),
+        ),
     ]
     for ix, error in bad_series.items():
         checks.append((error.code, str(error), batch.series_ix == ix))

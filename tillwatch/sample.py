@@ -81,7 +81,9 @@ def check_series(signal: str, labels: Mapping[str, str]) -> None:
             f"signal {signal[:80]!r} must be dotted snake_case such as 'redis.hit_ratio'",
         )
     if len(labels) > MAX_LABELS:
-        raise InvalidSample("too_many_labels", f"{signal}: {len(labels)} labels, at most {MAX_LABELS}")
+        raise InvalidSample(
+            "too_many_labels", f"{signal}: {len(labels)} labels, at most {MAX_LABELS}"
+        )
 
     for key, value in labels.items():
         if not isinstance(key, str) or not LABEL_KEY_PATTERN.match(key):
@@ -89,7 +91,7 @@ def check_series(signal: str, labels: Mapping[str, str]) -> None:
         if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE_LENGTH:
             raise InvalidSample(
                 "bad_label",
-                f"{signal}: label {key} must be a string of at most {MAX_LABEL_VALUE_LENGTH} chars",
+                f"{signal}: label {key} must be a string of <= {MAX_LABEL_VALUE_LENGTH} chars",
             )
 
 
@@ -176,7 +178,9 @@ class SampleBatch:
 
     def samples(self) -> Iterator[Sample]:
         """Yield the batch as sample objects (slow: for tests, logs and small batches)."""
-        for ix, ts, value in zip(self.series_ix.tolist(), self.ts.tolist(), self.value.tolist()):
+        for ix, ts, value in zip(
+            self.series_ix.tolist(), self.ts.tolist(), self.value.tolist(), strict=True
+        ):
             series = self.series[ix]
             yield Sample(ts=ts, signal=series.signal, labels=series.labels, value=value)
 

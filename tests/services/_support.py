@@ -22,9 +22,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def require_binary(name: str, install: str = INSTALL_HINT, extra_dirs: tuple[str, ...] = ()) -> str:
+def require_binary(
+    name: str, install: str = INSTALL_HINT, extra_dirs: tuple[str, ...] = ()
+) -> str:
     """Return the path of an executable, or fail the test saying how to install it."""
-    search = os.pathsep.join([*extra_dirs, str(Path(sys.executable).parent), os.environ["PATH"]])
+    search = os.pathsep.join(
+        [*extra_dirs, str(Path(sys.executable).parent), os.environ["PATH"]]
+    )
     found = shutil.which(name, path=search)
     if found is None:
         pytest.fail(f"{name} is not installed: {install}", pytrace=False)

@@ -40,7 +40,7 @@ def test_decoder_reuses_known_series_across_messages():
     first = decoder.decode(encode(batch)).batch
     second = decoder.decode(encode(batch)).batch
 
-    assert all(a is b for a, b in zip(first.series, second.series))
+    assert all(a is b for a, b in zip(first.series, second.series, strict=True))
 
 
 def test_non_finite_values_are_split_off_with_their_reason():
@@ -58,8 +58,12 @@ def test_non_finite_values_are_split_off_with_their_reason():
 def test_invalid_series_key_rejects_only_its_samples():
     good = Series.of("queue.depth", {"channel": "root"})
     bad = Series(signal="Not A Signal", labels={}, key="Not A Signal{}", id=1)
-    batch = SampleBatch([good, bad], np.array([0, 1, 0], np.uint32),
-                        np.full(3, 1.7e9), np.array([1.0, 2.0, 3.0]))
+    batch = SampleBatch(
+        [good, bad],
+        np.array([0, 1, 0], np.uint32),
+        np.full(3, 1.7e9),
+        np.array([1.0, 2.0, 3.0]),
+    )
 
     decoded = Decoder().decode(encode(batch))
 

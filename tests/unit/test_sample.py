@@ -10,10 +10,18 @@ from tillwatch.sample import BatchBuilder, Sample, SampleBatch, Series, parse_se
 # Fixed vectors: computed independently with ClickHouse's xxHash64() in chDB 26.9
 # (SELECT xxHash64('<key>')), so any process or SQL query reproduces these ids.
 VECTORS = [
-    ("redis.hit_ratio", {"service": "redis", "instance": "cache-1:6379"},
-     'redis.hit_ratio{instance="cache-1:6379",service="redis"}', 6379966705115183365),
-    ("kpi.orders_per_minute", {"store": "lyon", "sales_channel": "pos", "company": "1"},
-     'kpi.orders_per_minute{company="1",sales_channel="pos",store="lyon"}', 13963149681592989409),
+    (
+        "redis.hit_ratio",
+        {"service": "redis", "instance": "cache-1:6379"},
+        'redis.hit_ratio{instance="cache-1:6379",service="redis"}',
+        6379966705115183365,
+    ),
+    (
+        "kpi.orders_per_minute",
+        {"store": "lyon", "sales_channel": "pos", "company": "1"},
+        'kpi.orders_per_minute{company="1",sales_channel="pos",store="lyon"}',
+        13963149681592989409,
+    ),
 ]
 
 
@@ -59,8 +67,12 @@ def test_invalid_series_are_rejected_with_a_code(signal, labels, code):
 
 @pytest.mark.parametrize(
     ("ts", "value", "code"),
-    [(1.7e9, math.nan, "non_finite_value"), (1.7e9, math.inf, "non_finite_value"),
-     (1.7e12, 1.0, "bad_timestamp"), (0.0, 1.0, "bad_timestamp")],
+    [
+        (1.7e9, math.nan, "non_finite_value"),
+        (1.7e9, math.inf, "non_finite_value"),
+        (1.7e12, 1.0, "bad_timestamp"),
+        (0.0, 1.0, "bad_timestamp"),
+    ],
 )
 def test_invalid_points_are_rejected_with_a_code(ts, value, code):
     with pytest.raises(InvalidSample) as error:
@@ -78,11 +90,17 @@ def test_batch_builder_interns_series_and_keeps_order():
 
     assert len(batch.series) == 2
     assert batch.series_ix.tolist() == [0, 1, 0]
-    assert batch.series_ids().tolist() == [batch.series[0].id, batch.series[1].id, batch.series[0].id]
+    assert batch.series_ids().tolist() == [
+        batch.series[0].id,
+        batch.series[1].id,
+        batch.series[0].id,
+    ]
 
 
 def test_batch_round_trips_to_sample_objects():
-    samples = [Sample(1.7e9 + i, "queue.depth", {"channel": "root"}, float(i)) for i in range(3)]
+    samples = [
+        Sample(1.7e9 + i, "queue.depth", {"channel": "root"}, float(i)) for i in range(3)
+    ]
 
     batch = SampleBatch.from_samples(samples)
 

@@ -1,0 +1,143 @@
+"""The ensemble: one vectorised detector that turns several views of a series into one score.
+
+Views, each a tail probability (small means surprising):
+
+- *level*: how far the sample sits from a robust running level, in units of a robust
+  running deviation, averaged over a short horizon and compared with the long-run
+  distribution of that average (a likelihood in the spirit of Numenta's);
+- *novelty*: how far the sample leaves the range the series has ever shown.
+
+The smallest probability (Bonferroni-corrected) becomes the score: decades of surprise
+over :attr:`EnsembleConfig.decades`, capped at 1. After a score reaches
+:attr:`EnsembleConfig.fire`, scores are damped for :attr:`EnsembleConfig.hold` samples so
+one event is reported once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import log_ndtr
+
+from detectors.table import TableDetector
+
+LN10 = np.log(10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class EnsembleConfig:
+    """Tuning of the ensemble; one configuration serves every series.
+
+    Attributes:
+        fast: smoothing of the running level and deviation (per sample).
+        short: smoothing of the short-horizon surprise.
+        long: smoothing of the long-run distribution of that surprise.
+        clip: deviations beyond this many robust units move the level no further,
+            so an anomaly barely teaches the baseline.
+        novelty_scale: range fractions per e-fold of novelty probability.
+        decades: decades of surprise that map to score 1.
+        fire: score from which the hold starts.
+        hold: samples during which scores are damped after firing.
+        damp: factor applied to scores during the hold.
+        warm_up: samples before a series scores.
+    """
+
+    fast: float = 0.05
+    short: float = 0.3
+    long: float = 0.002
+    clip: float = 4.0
+    novelty_scale: float = 0.05
+    decades: float = 10.0
+    fire: float = 0.5
+    hold: int = 100
+    damp: float = 0.0
+    warm_up: int = 50
+
+
+_COLUMNS = (
+    "seen", "last_ts", "level", "dev", "z_short", "z_mean", "z_var", "low", "high", "hold",
+)
+LEVEL, DEV, Z_SHORT, Z_MEAN, Z_VAR, LOW, HIGH, HOLD = range(2, 10)
+
+
+class Ensemble(TableDetector):
+    """The default detector of every series: see the module docstring.
+
+    Args:
+        n_slots: series slots to allocate.
+        config: tuning shared by every series.
+    """
+
+    columns = _COLUMNS
+
+    def __init__(self, n_slots: int = 1, config: EnsembleConfig | None = None) -> None:
+        self.config = config or EnsembleConfig()
+        super().__init__(n_slots, warm_up=self.config.warm_up)
+
+    def _initial_rows(self, rows: np.ndarray) -> None:
+        rows[:, LEVEL] = np.nan
+        rows[:, Z_VAR] = 1.0
+        rows[:, LOW] = np.inf
+        rows[:, HIGH] = -np.inf
+
+    def _advance(self, rows: np.ndarray, ts: np.ndarray, value: np.ndarray) -> np.ndarray:
+        first = np.isnan(rows[:, LEVEL])
+        rows[first, LEVEL] = value[first]
+        log_p = np.minimum(self._level_log_p(rows, value), self._novelty_log_p(rows, value))
+
+        # Two views were consulted: double the smallest probability (Bonferroni).
+        decades = -(np.minimum(log_p + np.log(2.0), 0.0)) / LN10
+        score = np.minimum(decades / self.config.decades, 1.0)
+        score = self._hold(rows, score)
+        self._learn(rows, value)
+        return score
+
+    def _level_log_p(self, rows: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Log tail probability of the short-horizon surprise against its long-run law."""
+        cfg = self.config
+        z = np.abs(value - rows[:, LEVEL]) / self._scale(rows)
+        rows[:, Z_SHORT] += cfg.short * (z - rows[:, Z_SHORT])
+        spread = np.sqrt(rows[:, Z_VAR]) + 1e-3
+        return log_ndtr(-(rows[:, Z_SHORT] - rows[:, Z_MEAN]) / spread)
+
+    def _novelty_log_p(self, rows: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Log probability of leaving the range seen so far, by how far it is left."""
+        span = rows[:, HIGH] - rows[:, LOW]
+        span = np.where(np.isfinite(span), span, 0.0) + self._floor(rows)
+        excess = np.maximum(value - rows[:, HIGH], rows[:, LOW] - value) / span
+        excess = np.where(np.isfinite(excess), excess, 0.0)
+        return -np.maximum(excess, 0.0) / self.config.novelty_scale
+
+    def _hold(self, rows: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """Damp scores for a while after one fired, so one event reports once."""
+        holding = rows[:, HOLD] > 0
+        score = np.where(holding, score * self.config.damp, score)
+        rows[:, HOLD] = np.maximum(rows[:, HOLD] - 1, 0)
+        fired = (score >= self.config.fire) & (rows[:, 0] >= self.warm_up)
+        rows[fired, HOLD] = self.config.hold
+        return score
+
+    def _learn(self, rows: np.ndarray, value: np.ndarray) -> None:
+        """Fold the sample into level, deviation, surprise law and range."""
+        cfg = self.config
+        scale = self._scale(rows)
+        step = np.clip(value - rows[:, LEVEL], -cfg.clip * scale, cfg.clip * scale)
+        rows[:, LEVEL] += cfg.fast * step
+        rows[:, DEV] += cfg.fast * (np.abs(step) - rows[:, DEV])
+
+        gap = rows[:, Z_SHORT] - rows[:, Z_MEAN]
+        rows[:, Z_MEAN] += cfg.long * gap
+        rows[:, Z_VAR] += cfg.long * (gap * gap - rows[:, Z_VAR])
+        rows[:, LOW] = np.minimum(rows[:, LOW], value)
+        rows[:, HIGH] = np.maximum(rows[:, HIGH], value)
+
+    def _scale(self, rows: np.ndarray) -> np.ndarray:
+        """Robust deviation, floored so that a flat series does not divide by zero."""
+        return rows[:, DEV] + self._floor(rows)
+
+    @staticmethod
+    def _floor(rows: np.ndarray) -> np.ndarray:
+        span = rows[:, HIGH] - rows[:, LOW]
+        span = np.where(np.isfinite(span), span, 0.0)
+        return 1e-3 * span + 1e-9 * np.abs(rows[:, LEVEL]) + 1e-12

@@ -1,0 +1,7 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY . /app
+RUN pip install --no-cache-dir /app
+USER nobody
+ENTRYPOINT []
+CMD ["tillwatch", "run"]

@@ -106,11 +106,14 @@ class Collector(ABC):
     def declared(cls) -> dict[str, SignalSpec]:
         """Every signal this collector may emit, by name, ``up`` and duration included."""
         own = {spec.name: spec for spec in cls.signals}
-        own[f"{cls.source}.up"] = SignalSpec(
-            f"{cls.source}.up", "1", "1 if the last scrape succeeded"
+        # setdefault: a collector may declare these itself to name an exporter equivalent.
+        own.setdefault(
+            f"{cls.source}.up",
+            SignalSpec(f"{cls.source}.up", "1", "1 if the last scrape succeeded"),
         )
-        own[f"{cls.source}.scrape_duration_seconds"] = SignalSpec(
-            f"{cls.source}.scrape_duration_seconds", "s", "time the last scrape took"
+        own.setdefault(
+            f"{cls.source}.scrape_duration_seconds",
+            SignalSpec(f"{cls.source}.scrape_duration_seconds", "s", "time the scrape took"),
         )
         return own
 

@@ -80,3 +80,34 @@ class Stream(Protocol):
     def close(self) -> None:
         """Flush and release connections."""
         ...
+
+
+def open_stream(url: str, **options: object) -> Stream:
+    """Open the stream backend named by ``url``: ``memory://`` or ``kafka://host:port[,...]``.
+
+    Args:
+        url: The backend and, for Kafka, its bootstrap servers.
+        **options: Backend options, such as ``partitions``, ``max_buffered`` and
+            ``publish_timeout``; see MemoryStream and KafkaStream.
+
+    Returns:
+        A started stream.
+
+    Raises:
+        ConfigError: when the scheme is neither memory nor kafka, or Kafka has no hosts.
+    """
+    from tillwatch.errors import ConfigError
+
+    scheme, _, rest = url.partition("://")
+    if scheme == "memory":
+        from pipeline.memory import MemoryStream
+
+        return MemoryStream(**options)  # type: ignore[arg-type]
+    if scheme == "kafka" and rest.strip("/"):
+        from pipeline.kafka import KafkaStream
+
+        return KafkaStream(rest.strip("/"), **options)  # type: ignore[arg-type]
+    raise ConfigError(
+        f"stream url {url!r}: expected memory:// or kafka://host:port[,host:port]; "
+        "set [stream] url in tillwatch.toml"
+    )

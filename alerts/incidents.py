@@ -1,0 +1,362 @@
+"""Incidents: concurrent anomalies of one service and its dependencies, grouped.
+
+The builder turns a stream of :class:`~tillwatch.anomaly.Anomaly` verdicts into
+incidents. An anomaly joins an open incident when it arrives within ``window`` seconds
+of that incident's latest anomaly and its node is related in the topology to a node
+already in the incident; otherwise it opens a new one. An incident resolves once it has
+seen no anomaly for ``quiet_period`` seconds. A finding (one anomalous series) stays
+*active* while its latest anomaly is younger than ``window``, so an incident's impact
+shrinks as KPIs recover even before it resolves.
+
+Pure logic: no I/O and no clock. Time is the anomalies' own ``ts`` or the ``now`` passed
+to :meth:`IncidentBuilder.advance`, so a replay gives the same incidents and ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import xxhash
+
+from alerts.topology import Topology
+from tillwatch.anomaly import Anomaly, Direction
+from tillwatch.errors import ConfigError
+
+EventKind = Literal["opened", "updated", "resolved"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One anomalous series inside an incident, summarised over its anomalies.
+
+    Attributes:
+        series_id: the series' id.
+        signal: the series' signal.
+        labels: the series' labels.
+        node: the topology node the series belongs to.
+        first_seen: time of its first anomaly in this incident.
+        last_seen: time of its latest anomaly.
+        direction: direction of the latest anomaly.
+        observed: latest observed value.
+        expected: latest expected value.
+        score: highest score seen.
+        detector: detector of the latest anomaly.
+        count: anomalies folded into this finding.
+        active: whether its latest anomaly is within the grouping window of ``now``.
+    """
+
+    series_id: int
+    signal: str
+    labels: Mapping[str, str]
+    node: str
+    first_seen: float
+    last_seen: float
+    direction: Direction
+    observed: float
+    expected: float
+    score: float
+    detector: str
+    count: int = 1
+    active: bool = True
+
+    @property
+    def is_kpi(self) -> bool:
+        """Whether the series is a business KPI."""
+        return self.signal.startswith("kpi.")
+
+    @property
+    def change(self) -> float:
+        """Relative deviation from the expected value: -0.6 means 60 % below it.
+
+        When nothing was expected (0), the absolute deviation is returned instead.
+        """
+        if self.expected == 0:
+            return self.observed
+        return (self.observed - self.expected) / abs(self.expected)
+
+    def folded(self, anomaly: Anomaly) -> Finding:
+        """Return this finding with one more anomaly of its series folded in."""
+        merged = dataclasses.replace(
+            self,
+            first_seen=min(self.first_seen, anomaly.ts),
+            last_seen=max(self.last_seen, anomaly.ts),
+            score=max(self.score, anomaly.score),
+            count=self.count + 1,
+        )
+        if anomaly.ts < self.last_seen:
+            # A late arrival widens the span but must not overwrite the newest reading.
+            return merged
+        return dataclasses.replace(
+            merged,
+            direction=anomaly.direction,
+            observed=anomaly.observed,
+            expected=anomaly.expected,
+            detector=anomaly.detector,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """A snapshot of one incident.
+
+    Attributes:
+        incident_id: stable id, derived from the anomaly that opened it.
+        opened_at: time of its first anomaly.
+        last_seen: time of its latest anomaly.
+        resolved_at: when it resolved, or None while open.
+        service: the ``service`` label of its root cause (or of its first finding).
+        root_cause: the likeliest infrastructure culprit, or None when only KPIs moved.
+        findings: every series that went anomalous, in order of first appearance.
+    """
+
+    incident_id: str
+    opened_at: float
+    last_seen: float
+    resolved_at: float | None
+    service: str
+    root_cause: Finding | None
+    findings: tuple[Finding, ...]
+
+    @property
+    def active_findings(self) -> tuple[Finding, ...]:
+        """Findings whose latest anomaly is recent."""
+        return tuple(finding for finding in self.findings if finding.active)
+
+    @property
+    def kpi_impact(self) -> tuple[Finding, ...]:
+        """Active KPI findings: the business impact right now."""
+        return tuple(finding for finding in self.active_findings if finding.is_kpi)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the incident as JSON-ready data."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentEvent:
+    """An incident opened, changed materially, or resolved at ``ts``."""
+
+    kind: EventKind
+    ts: float
+    incident: Incident
+
+
+@dataclass(slots=True)
+class _OpenIncident:
+    incident_id: str
+    opened_at: float
+    last_seen: float
+    findings: dict[int, Finding] = field(default_factory=dict)
+    signature: tuple[object, ...] = ()
+
+
+class IncidentBuilder:
+    """Groups anomalies into incidents and reports their lifecycle as events.
+
+    Args:
+        topology: the dependency map; the default estate when None.
+        window: seconds within which anomalies count as concurrent, and for which a
+            finding stays active after its latest anomaly.
+        quiet_period: seconds without any anomaly after which an incident resolves.
+
+    Raises:
+        ConfigError: when a duration is not positive.
+    """
+
+    def __init__(
+        self,
+        topology: Topology | None = None,
+        *,
+        window: float = 300.0,
+        quiet_period: float = 600.0,
+    ) -> None:
+        for name, seconds in (("window", window), ("quiet_period", quiet_period)):
+            if not seconds > 0:
+                raise ConfigError(
+                    f"alerts.incidents.{name}: expected a positive number of seconds, "
+                    f"found {seconds!r}"
+                )
+        self.topology = topology or Topology()
+        self.window = window
+        self.quiet_period = quiet_period
+        self._open: dict[str, _OpenIncident] = {}
+
+    def observe(self, anomaly: Anomaly) -> list[IncidentEvent]:
+        """Fold one anomaly in; return the events it caused, oldest first.
+
+        Args:
+            anomaly: a detector verdict; its ``ts`` is taken as the current time.
+
+        Returns:
+            Resolutions of incidents gone quiet by ``anomaly.ts``, then the opening or
+            material update of the incident the anomaly joined.
+        """
+        events = self.advance(anomaly.ts)
+        node = self.topology.node_of(anomaly.signal, anomaly.labels)
+        incident = self._match(node, anomaly.ts)
+
+        if incident is None:
+            incident = self._start(anomaly)
+            kind: EventKind = "opened"
+        else:
+            kind = "updated"
+
+        previous = self._fold(incident, anomaly, node)
+        snapshot = self._snapshot(incident, anomaly.ts)
+        incident.signature = _signature(snapshot)
+        if kind == "opened" or incident.signature != previous:
+            events.append(IncidentEvent(kind, anomaly.ts, snapshot))
+        return events
+
+    def observe_all(self, anomalies: Iterable[Anomaly]) -> list[IncidentEvent]:
+        """Fold many anomalies in time order; return all their events."""
+        events: list[IncidentEvent] = []
+        for anomaly in sorted(anomalies, key=lambda a: (a.ts, a.series_id)):
+            events.extend(self.observe(anomaly))
+        return events
+
+    def advance(self, now: float) -> list[IncidentEvent]:
+        """Move time to ``now``: resolve quiet incidents, report findings that went stale.
+
+        Args:
+            now: the current time, seconds since the epoch.
+
+        Returns:
+            ``resolved`` events, and ``updated`` events for incidents whose active
+            findings changed, ordered by incident opening.
+        """
+        events: list[IncidentEvent] = []
+        for incident in sorted(self._open.values(), key=lambda i: (i.opened_at, i.incident_id)):
+            if now - incident.last_seen >= self.quiet_period:
+                del self._open[incident.incident_id]
+                snapshot = self._snapshot(incident, now, resolved_at=now)
+                events.append(IncidentEvent("resolved", now, snapshot))
+                continue
+
+            snapshot = self._snapshot(incident, now)
+            signature = _signature(snapshot)
+            if signature != incident.signature:
+                incident.signature = signature
+                events.append(IncidentEvent("updated", now, snapshot))
+        return events
+
+    def open_incidents(self, now: float) -> list[Incident]:
+        """Return snapshots of every open incident as of ``now``."""
+        ordered = sorted(self._open.values(), key=lambda i: (i.opened_at, i.incident_id))
+        return [self._snapshot(incident, now) for incident in ordered]
+
+    def _match(self, node: str, ts: float) -> _OpenIncident | None:
+        # The oldest related incident wins, so concurrent incidents never swap anomalies.
+        for incident in sorted(self._open.values(), key=lambda i: (i.opened_at, i.incident_id)):
+            if ts - incident.last_seen > self.window:
+                continue
+            if any(self.topology.related(node, f.node) for f in incident.findings.values()):
+                return incident
+        return None
+
+    def _start(self, anomaly: Anomaly) -> _OpenIncident:
+        digest = xxhash.xxh64_hexdigest(f"{anomaly.series_id}:{anomaly.ts!r}".encode())
+        incident = _OpenIncident(f"inc-{digest}", anomaly.ts, anomaly.ts)
+        self._open[incident.incident_id] = incident
+        return incident
+
+    def _fold(self, incident: _OpenIncident, anomaly: Anomaly, node: str) -> tuple[object, ...]:
+        previous = incident.signature
+        known = incident.findings.get(anomaly.series_id)
+        incident.findings[anomaly.series_id] = (
+            known.folded(anomaly) if known else _first_finding(anomaly, node)
+        )
+        incident.last_seen = max(incident.last_seen, anomaly.ts)
+        return previous
+
+    def _snapshot(
+        self, incident: _OpenIncident, now: float, resolved_at: float | None = None
+    ) -> Incident:
+        findings = tuple(
+            dataclasses.replace(
+                finding, active=resolved_at is None and now - finding.last_seen <= self.window
+            )
+            for finding in sorted(incident.findings.values(), key=_appearance)
+        )
+        root = root_cause(findings, self.topology)
+        first = root or findings[0]
+        return Incident(
+            incident_id=incident.incident_id,
+            opened_at=incident.opened_at,
+            last_seen=incident.last_seen,
+            resolved_at=resolved_at,
+            service=self.topology.service_of(first.node),
+            root_cause=root,
+            findings=findings,
+        )
+
+
+def root_cause(findings: Iterable[Finding], topology: Topology) -> Finding | None:
+    """Return the likeliest culprit among infrastructure findings.
+
+    The most upstream nodes are those no other anomalous node is a dependency of; among
+    their findings the earliest wins (ties broken by signal, for determinism).
+
+    Args:
+        findings: the findings of one incident.
+        topology: the dependency map.
+
+    Returns:
+        The root-cause finding, or None when no infrastructure series is anomalous.
+    """
+    infra = [finding for finding in findings if not finding.is_kpi]
+    nodes = {finding.node for finding in infra}
+    upstream_most = [
+        finding for finding in infra if not (topology.upstream(finding.node) & nodes)
+    ]
+    return min(upstream_most, key=_appearance, default=None)
+
+
+def _appearance(finding: Finding) -> tuple[float, str, int]:
+    return (finding.first_seen, finding.signal, finding.series_id)
+
+
+def _first_finding(anomaly: Anomaly, node: str) -> Finding:
+    return Finding(
+        series_id=anomaly.series_id,
+        signal=anomaly.signal,
+        labels=dict(anomaly.labels),
+        node=node,
+        first_seen=anomaly.ts,
+        last_seen=anomaly.ts,
+        direction=anomaly.direction,
+        observed=anomaly.observed,
+        expected=anomaly.expected,
+        score=anomaly.score,
+        detector=anomaly.detector,
+    )
+
+
+def _signature(incident: Incident) -> tuple[object, ...]:
+    # What makes an update worth telling: which series are anomalous which way, and why.
+    active = tuple(sorted((f.series_id, f.direction) for f in incident.active_findings))
+    root = incident.root_cause.series_id if incident.root_cause else None
+    return (active, root, incident.service)
+
+
+def describe(finding: Finding) -> str:
+    """One phrase for a person: ``kpi.orders_per_minute down 62% (15 vs 40 expected)``."""
+    labels = _label_text(finding.labels)
+    if finding.expected == 0:
+        change = f"{finding.direction} by {finding.observed:.3g}"
+    else:
+        change = f"{finding.direction} {abs(finding.change):.0%}"
+    return (
+        f"{finding.signal}{labels} {change} "
+        f"({finding.observed:.3g} vs {finding.expected:.3g} expected)"
+    )
+
+
+def _label_text(labels: Mapping[str, str]) -> str:
+    shown = {key: value for key, value in labels.items() if key != "service"}
+    if not shown:
+        return ""
+    return "{" + ",".join(f"{key}={shown[key]}" for key in sorted(shown)) + "}"

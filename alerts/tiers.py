@@ -1,0 +1,303 @@
+"""The tier policy: which incidents page a person, which open a ticket, which only inform.
+
+The policy is a table, :data:`RULES`, read top to bottom; the first rule whose
+condition holds on the incident's *active* findings decides:
+
+==========  =====================  ==================================================
+tier        alertname              when
+==========  =====================  ==================================================
+page        BusinessKpiHurt        a KPI moves in its harmful direction (orders down,
+                                   checkout latency or errors up, stock sync delayed)
+page        DataAtRisk             replication is broken and no fresh backup exists
+ticket      ControlFailing         a control fails: backup stale, certificate expiring
+ticket      InfrastructureAnomaly  an infrastructure anomaly with no business impact yet
+info        TrendNotice            only trends and capacity notices
+info        KpiShift               a KPI moved, in a harmless direction (orders up)
+==========  =====================  ==================================================
+
+Which way hurts each KPI, and which signals make up each condition, are tables too
+(:data:`HARMFUL_DIRECTIONS`, :data:`CONDITIONS`), matched with shell-style patterns.
+:class:`TierTracker` follows each incident and emits an alert event whenever its tier
+or its impact changes, so an incident can climb from ticket to page and back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from alerts.incidents import EventKind, Finding, Incident, IncidentEvent
+from tillwatch.anomaly import Direction
+
+Tier = Literal["page", "ticket", "info"]
+
+# Alertmanager severity for each tier, for receivers that key on severity.
+SEVERITY: Mapping[Tier, str] = {"page": "critical", "ticket": "warning", "info": "info"}
+
+# Which way a KPI hurts the business; exact signals first, then the first matching pattern.
+HARMFUL_DIRECTIONS: tuple[tuple[str, Direction], ...] = (
+    ("kpi.orders_per_minute", "down"),
+    ("kpi.pos_orders_per_minute", "down"),
+    ("kpi.checkout_latency_p95_seconds", "up"),
+    ("kpi.checkout_error_ratio", "up"),
+    ("kpi.stock_sync_delay_seconds", "up"),
+    ("kpi.*orders*", "down"),
+    ("kpi.*revenue*", "down"),
+    ("kpi.*conversion*", "down"),
+    ("kpi.*latency*", "up"),
+    ("kpi.*error*", "up"),
+    ("kpi.*delay*", "up"),
+    ("kpi.*backlog*", "up"),
+)
+
+# Named conditions: (signal pattern, direction) pairs any one of which makes it true.
+CONDITIONS: Mapping[str, tuple[tuple[str, Direction], ...]] = {
+    "replication_broken": (
+        ("postgres.replication_lag_seconds", "up"),
+        ("postgres.replication_lag_bytes", "up"),
+        ("postgres.replica_up", "down"),
+        ("postgres.replication_connected", "down"),
+        ("postgres.replication_streaming", "down"),
+    ),
+    "backup_stale": (
+        ("backup.*age_seconds", "up"),
+        ("backup.*success", "down"),
+        ("backup.*ok", "down"),
+        ("pgbackrest.*age_seconds", "up"),
+        ("walg.*age_seconds", "up"),
+    ),
+    "certificate_expiring": (
+        ("*cert*expir*", "down"),
+        ("*cert*not_after*", "down"),
+    ),
+    "capacity": (
+        ("*disk_free*", "down"),
+        ("*disk_used*", "up"),
+        ("*capacity*", "up"),
+        ("*utilization*", "up"),
+    ),
+}
+
+# Detectors whose verdicts are slow trends, not sudden breakage.
+TREND_DETECTORS: tuple[str, ...] = ("*trend*", "*forecast*", "*capacity*")
+
+
+@dataclass(frozen=True, slots=True)
+class TierDecision:
+    """The tier an incident deserves now, with the rule that decided it.
+
+    Attributes:
+        tier: ``page``, ``ticket`` or ``info``.
+        alertname: the rule's alert name, an Alertmanager label.
+        reason: why, in one sentence a person can read.
+    """
+
+    tier: Tier
+    alertname: str
+    reason: str
+
+    @property
+    def severity(self) -> str:
+        """The Alertmanager ``severity`` label of the tier."""
+        return SEVERITY[self.tier]
+
+
+Condition = Callable[["TierPolicy", tuple[Finding, ...]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class TierRule:
+    """One row of the policy table."""
+
+    tier: Tier
+    alertname: str
+    when: Condition
+    reason: str
+
+
+class TierPolicy:
+    """Maps an incident to a tier with :data:`RULES`.
+
+    Args:
+        rules: the ordered rule table; the first rule that holds decides.
+        harmful_directions: (KPI pattern, harmful direction) pairs, first match wins.
+        conditions: named (signal pattern, direction) sets used by the rules.
+        trend_detectors: detector-name patterns whose verdicts count as trends.
+    """
+
+    def __init__(
+        self,
+        *,
+        rules: Iterable[TierRule] | None = None,
+        harmful_directions: Iterable[tuple[str, Direction]] = HARMFUL_DIRECTIONS,
+        conditions: Mapping[str, tuple[tuple[str, Direction], ...]] = CONDITIONS,
+        trend_detectors: Iterable[str] = TREND_DETECTORS,
+    ) -> None:
+        self.rules = tuple(RULES if rules is None else rules)
+        self.harmful_directions = tuple(harmful_directions)
+        self.conditions = dict(conditions)
+        self.trend_detectors = tuple(trend_detectors)
+
+    def decide(self, incident: Incident) -> TierDecision:
+        """Return the tier the incident's active findings call for.
+
+        Args:
+            incident: an incident snapshot.
+
+        Returns:
+            The first matching rule's decision; an ``info`` notice when none matches.
+        """
+        findings = incident.active_findings
+        for rule in self.rules:
+            if rule.when(self, findings):
+                return TierDecision(rule.tier, rule.alertname, rule.reason)
+        return TierDecision("info", "IncidentNotice", "anomalies with no known impact")
+
+    def harmful_direction(self, signal: str) -> Direction | None:
+        """Return the direction in which a KPI hurts, or None when it is not known."""
+        for pattern, direction in self.harmful_directions:
+            if fnmatchcase(signal, pattern):
+                return direction
+        return None
+
+    def hurts(self, finding: Finding) -> bool:
+        """Whether a KPI finding moves the way that costs the business."""
+        return finding.is_kpi and finding.direction == self.harmful_direction(finding.signal)
+
+    def meets(self, condition: str, finding: Finding) -> bool:
+        """Whether a finding satisfies one of the named condition's (pattern, direction)."""
+        return any(
+            finding.direction == direction and fnmatchcase(finding.signal, pattern)
+            for pattern, direction in self.conditions.get(condition, ())
+        )
+
+    def is_trend(self, finding: Finding) -> bool:
+        """Whether a finding is a slow trend or a capacity notice rather than breakage."""
+        by_detector = any(fnmatchcase(finding.detector, p) for p in self.trend_detectors)
+        return by_detector or self.meets("capacity", finding)
+
+
+def _kpi_hurt(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
+    return any(policy.hurts(finding) for finding in findings)
+
+
+def _data_at_risk(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
+    broken = any(policy.meets("replication_broken", finding) for finding in findings)
+    stale = any(policy.meets("backup_stale", finding) for finding in findings)
+    return broken and stale
+
+
+def _control_failing(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
+    controls = ("backup_stale", "certificate_expiring")
+    return any(policy.meets(name, finding) for name in controls for finding in findings)
+
+
+def _infrastructure_anomaly(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
+    return any(not f.is_kpi and not policy.is_trend(f) for f in findings)
+
+
+def _trend_only(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
+    infra = [finding for finding in findings if not finding.is_kpi]
+    return bool(infra) and all(policy.is_trend(finding) for finding in infra)
+
+
+def _kpi_harmless(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
+    return any(finding.is_kpi for finding in findings)
+
+
+RULES: tuple[TierRule, ...] = (
+    TierRule("page", "BusinessKpiHurt", _kpi_hurt, "a business KPI is hurt now"),
+    TierRule(
+        "page", "DataAtRisk", _data_at_risk, "replication is broken and no fresh backup exists"
+    ),
+    TierRule(
+        "ticket",
+        "ControlFailing",
+        _control_failing,
+        "a control is failing (backup stale or certificate near expiry)",
+    ),
+    TierRule(
+        "ticket",
+        "InfrastructureAnomaly",
+        _infrastructure_anomaly,
+        "an infrastructure anomaly with no business impact yet",
+    ),
+    TierRule("info", "TrendNotice", _trend_only, "a trend or capacity notice"),
+    TierRule("info", "KpiShift", _kpi_harmless, "a KPI moved in a harmless direction"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """A tiered alert event, published on ``tillwatch.alerts`` keyed by incident id.
+
+    Attributes:
+        kind: ``opened``, ``updated`` (tier or impact changed) or ``resolved``.
+        ts: when it happened, seconds since the epoch.
+        incident: the incident snapshot.
+        decision: the tier decision; for ``resolved``, the last one it fired with.
+        previous_tier: the tier before an ``updated`` event, else None.
+    """
+
+    kind: EventKind
+    ts: float
+    incident: Incident
+    decision: TierDecision
+    previous_tier: Tier | None = None
+
+    @property
+    def status(self) -> Literal["firing", "resolved"]:
+        """Alertmanager's view: ``resolved`` once the incident is, else ``firing``."""
+        return "resolved" if self.kind == "resolved" else "firing"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the event as JSON-ready data."""
+        data = dataclasses.asdict(self)
+        data["status"] = self.status
+        return data
+
+
+class TierTracker:
+    """Follows incidents through their lifecycle and turns them into alert events.
+
+    Args:
+        policy: the tier policy; the default table when None.
+    """
+
+    def __init__(self, policy: TierPolicy | None = None) -> None:
+        self.policy = policy or TierPolicy()
+        self._last: dict[str, TierDecision] = {}
+
+    def apply(self, event: IncidentEvent) -> AlertEvent | None:
+        """Return the alert event an incident event calls for, if any.
+
+        Args:
+            event: an incident opened, updated or resolved.
+
+        Returns:
+            The alert event; None for an update of an incident with nothing active left
+            (it keeps its tier until it resolves) or a resolution never alerted on.
+        """
+        incident_id = event.incident.incident_id
+        previous = self._last.get(incident_id)
+        if event.kind == "resolved":
+            self._last.pop(incident_id, None)
+            if previous is None:
+                return None
+            return AlertEvent("resolved", event.ts, event.incident, previous)
+        if previous is not None and not event.incident.active_findings:
+            return None
+
+        decision = self.policy.decide(event.incident)
+        self._last[incident_id] = decision
+        if previous is None:
+            return AlertEvent("opened", event.ts, event.incident, decision)
+        return AlertEvent("updated", event.ts, event.incident, decision, previous.tier)
+
+    def apply_all(self, events: Iterable[IncidentEvent]) -> list[AlertEvent]:
+        """Apply many incident events in order; return the alert events they caused."""
+        alerts = (self.apply(event) for event in events)
+        return [alert for alert in alerts if alert is not None]

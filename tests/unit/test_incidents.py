@@ -1,0 +1,237 @@
+"""Incident grouping, root cause, KPI impact and lifecycle, on hand-built anomalies."""
+
+from __future__ import annotations
+
+import pytest
+
+from alerts.incidents import IncidentBuilder, IncidentEvent
+from alerts.topology import Topology
+from tillwatch.anomaly import Anomaly, Direction
+from tillwatch.errors import ConfigError
+from tillwatch.sample import Series
+
+T0 = 1_780_000_000.0
+
+
+def anomaly(
+    ts: float,
+    signal: str,
+    direction: Direction = "up",
+    observed: float = 2.0,
+    expected: float = 1.0,
+    labels: dict[str, str] | None = None,
+    detector: str = "ensemble",
+) -> Anomaly:
+    """An anomaly of ``signal`` at ``T0 + ts`` (the series id is the real one)."""
+    labels = labels or {}
+    return Anomaly(
+        ts=T0 + ts,
+        series_id=Series.of(signal, labels).id,
+        signal=signal,
+        labels=labels,
+        score=0.9,
+        observed=observed,
+        expected=expected,
+        lower=expected * 0.8,
+        upper=expected * 1.2,
+        direction=direction,
+        detector=detector,
+    )
+
+
+def kinds(events: list[IncidentEvent]) -> list[tuple[str, str]]:
+    return [(event.kind, event.incident.incident_id) for event in events]
+
+
+def test_infrastructure_anomaly_and_the_kpi_it_hurts_form_one_incident() -> None:
+    builder = IncidentBuilder()
+
+    opened = builder.observe(anomaly(0, "postgres.connections_active"))
+    joined = builder.observe(anomaly(30, "kpi.orders_per_minute", "down", 15.0, 40.0))
+
+    assert [event.kind for event in opened] == ["opened"]
+    assert [event.kind for event in joined] == ["updated"]
+    incident = joined[0].incident
+    assert incident.incident_id == opened[0].incident.incident_id
+    assert [f.signal for f in incident.findings] == [
+        "postgres.connections_active",
+        "kpi.orders_per_minute",
+    ]
+    assert incident.service == "postgres"
+
+
+def test_unrelated_services_open_separate_incidents() -> None:
+    builder = IncidentBuilder()
+
+    redis = builder.observe(anomaly(0, "redis.hit_ratio", "down"))
+    traefik = builder.observe(anomaly(10, "traefik.latency_p95_seconds"))
+
+    assert redis[0].kind == traefik[0].kind == "opened"
+    assert redis[0].incident.incident_id != traefik[0].incident.incident_id
+    assert len(builder.open_incidents(T0 + 10)) == 2
+
+
+def test_anomaly_after_the_window_opens_a_new_incident() -> None:
+    builder = IncidentBuilder(window=60, quiet_period=600)
+
+    first = builder.observe(anomaly(0, "redis.hit_ratio", "down"))
+    later = builder.observe(anomaly(120, "redis.evicted_keys_per_second"))
+
+    assert later[-1].kind == "opened"
+    assert later[-1].incident.incident_id != first[0].incident.incident_id
+
+
+def test_root_cause_is_the_most_upstream_anomaly_even_when_it_shows_later() -> None:
+    builder = IncidentBuilder()
+    builder.observe(anomaly(0, "odoo.worker_busy_ratio"))
+    builder.observe(anomaly(5, "kpi.checkout_latency_p95_seconds", "up", 3.0, 0.8))
+
+    events = builder.observe(anomaly(40, "postgres.locks_waiting"))
+
+    root = events[-1].incident.root_cause
+    assert root is not None and root.signal == "postgres.locks_waiting"
+    assert events[-1].incident.service == "postgres"
+
+
+def test_among_equally_upstream_anomalies_the_earliest_is_the_root_cause() -> None:
+    builder = IncidentBuilder()
+    builder.observe(anomaly(0, "odoo.worker_busy_ratio"))
+    builder.observe(anomaly(10, "redis.latency_seconds"))
+
+    events = builder.observe(anomaly(20, "postgres.locks_waiting"))
+
+    root = events[-1].incident.root_cause
+    assert root is not None and root.node == "redis"
+
+
+def test_kpi_only_incident_has_no_root_cause_and_records_the_impact() -> None:
+    builder = IncidentBuilder()
+
+    events = builder.observe(anomaly(0, "kpi.orders_per_minute", "down", 16.0, 40.0))
+
+    incident = events[0].incident
+    assert incident.root_cause is None
+    assert incident.service == "odoo"
+    [impact] = incident.kpi_impact
+    assert impact.direction == "down"
+    assert impact.change == pytest.approx(-0.6)
+
+
+def test_incident_resolves_only_after_the_quiet_period() -> None:
+    builder = IncidentBuilder(window=60, quiet_period=300)
+    opened = builder.observe(anomaly(0, "redis.hit_ratio", "down"))
+
+    early = builder.advance(T0 + 299)
+    late = builder.advance(T0 + 300)
+
+    assert all(event.kind != "resolved" for event in early)
+    assert kinds(late) == [("resolved", opened[0].incident.incident_id)]
+    assert late[0].incident.resolved_at == T0 + 300
+    assert builder.open_incidents(T0 + 300) == []
+
+
+def test_recovered_kpi_leaves_the_impact_before_the_incident_resolves() -> None:
+    builder = IncidentBuilder(window=60, quiet_period=600)
+    builder.observe(anomaly(0, "kpi.orders_per_minute", "down", 10.0, 40.0))
+    builder.observe(anomaly(0, "postgres.locks_waiting"))
+    builder.observe(anomaly(50, "postgres.locks_waiting"))
+
+    assert builder.advance(T0 + 60) == []
+    events = builder.advance(T0 + 61)
+
+    assert [event.kind for event in events] == ["updated"]
+    assert events[0].incident.kpi_impact == ()
+    assert [f.signal for f in events[0].incident.active_findings] == ["postgres.locks_waiting"]
+
+
+def test_repeated_anomalies_of_the_same_series_do_not_emit_updates() -> None:
+    builder = IncidentBuilder()
+    builder.observe(anomaly(0, "redis.hit_ratio", "down", 0.5, 0.9))
+
+    again = builder.observe(anomaly(15, "redis.hit_ratio", "down", 0.4, 0.9))
+
+    assert again == []
+    [incident] = builder.open_incidents(T0 + 15)
+    assert incident.findings[0].count == 2
+    assert incident.findings[0].observed == 0.4
+
+
+def test_late_anomaly_widens_the_span_without_overwriting_the_newest_reading() -> None:
+    builder = IncidentBuilder()
+    builder.observe(anomaly(10, "redis.hit_ratio", "down", 0.4, 0.9))
+
+    builder.observe(anomaly(5, "redis.hit_ratio", "down", 0.7, 0.9))
+
+    [incident] = builder.open_incidents(T0 + 10)
+    assert incident.findings[0].first_seen == T0 + 5
+    assert incident.findings[0].observed == 0.4
+
+
+def test_incident_ids_are_stable_across_updates_and_replays() -> None:
+    stream = [
+        anomaly(0, "postgres.replication_lag_seconds", "up", 900.0, 2.0),
+        anomaly(20, "kpi.stock_sync_delay_seconds", "up", 1200.0, 60.0),
+        anomaly(25, "traefik.error_ratio", "up", 0.2, 0.01),
+        anomaly(2000, "redis.hit_ratio", "down", 0.3, 0.9),
+    ]
+
+    first = IncidentBuilder().observe_all(stream)
+    second = IncidentBuilder().observe_all(reversed(stream))
+
+    assert kinds(first) == kinds(second)
+    ids = {event.incident.incident_id for event in first}
+    assert len(ids) == 3
+
+
+def test_backup_anomaly_joins_the_replica_incident_it_protects() -> None:
+    builder = IncidentBuilder()
+    builder.observe(anomaly(0, "postgres.replication_lag_seconds", "up", 900.0, 2.0))
+
+    events = builder.observe(anomaly(30, "backup.last_success_age_seconds", "up", 2e5, 4e4))
+
+    assert [event.kind for event in events] == ["updated"]
+    assert {f.node for f in events[0].incident.findings} == {"postgres_replica", "backup"}
+
+
+def test_topology_from_config_changes_the_grouping() -> None:
+    # In this estate Odoo keeps sessions in Postgres only: Redis is not a dependency.
+    topology = Topology.from_dict({"depends_on": {
+        "kpi.orders_per_minute": ["odoo"], "odoo": ["postgres"], "postgres": [], "redis": [],
+    }})
+    builder = IncidentBuilder(topology)
+    builder.observe(anomaly(0, "redis.hit_ratio", "down"))
+
+    events = builder.observe(anomaly(5, "kpi.orders_per_minute", "down", 10.0, 40.0))
+
+    assert events[0].kind == "opened"
+    assert topology.downstream_kpis("redis") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"depends_on": {"odoo": ["postgres"], "postgres": ["odoo"]}}, "cycle"),
+        ({"depends_on": {"odoo": ["postgress"]}}, "not declared"),
+        ({"edges": {}}, "unknown keys"),
+    ],
+)
+def test_invalid_topology_is_refused_with_the_fix(config: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Topology.from_dict(config)
+
+
+def test_default_topology_puts_kpis_downstream_of_their_services() -> None:
+    topology = Topology()
+
+    assert "kpi.orders_per_minute" in topology.downstream_kpis("postgres")
+    assert "kpi.stock_sync_delay_seconds" in topology.downstream_kpis("postgres_replica")
+    assert "kpi.stock_sync_delay_seconds" not in topology.downstream_kpis("traefik")
+    assert topology.node_of("postgres.replication_lag_seconds", {"service": "postgres"}) == (
+        "postgres_replica"
+    )
+    assert topology.node_of("queue.depth", {"channel": "root.stock"}) == "queue"
+
+
+def test_invalid_durations_are_refused() -> None:
+    with pytest.raises(ConfigError, match="quiet_period"):
+        IncidentBuilder(quiet_period=0)

@@ -1,0 +1,139 @@
+"""Tier decisions and tier changes, on incidents built from hand-made anomalies."""
+
+from __future__ import annotations
+
+import pytest
+
+from alerts.incidents import Incident, IncidentBuilder
+from alerts.tiers import TierPolicy, TierRule, TierTracker
+from tests.unit.test_incidents import T0, anomaly
+from tillwatch.anomaly import Anomaly, Direction
+
+
+def incident_of(*anomalies: Anomaly) -> Incident:
+    """The one incident the anomalies form (the test fails if they form several)."""
+    builder = IncidentBuilder()
+    builder.observe_all(anomalies)
+    [incident] = builder.open_incidents(max(a.ts for a in anomalies))
+    return incident
+
+
+def decide(*anomalies: Anomaly) -> tuple[str, str]:
+    decision = TierPolicy().decide(incident_of(*anomalies))
+    return decision.tier, decision.alertname
+
+
+@pytest.mark.parametrize(
+    ("signal", "direction", "observed", "expected"),
+    [
+        ("kpi.orders_per_minute", "down", 12.0, 40.0),
+        ("kpi.checkout_latency_p95_seconds", "up", 4.0, 0.9),
+        ("kpi.checkout_error_ratio", "up", 0.08, 0.002),
+        ("kpi.stock_sync_delay_seconds", "up", 1800.0, 60.0),
+    ],
+)
+def test_a_hurt_kpi_pages(
+    signal: str, direction: Direction, observed: float, expected: float
+) -> None:
+    hurt = anomaly(0, signal, direction, observed, expected)
+
+    assert decide(hurt) == ("page", "BusinessKpiHurt")
+
+
+def test_promotion_peak_with_orders_up_is_not_a_page() -> None:
+    peak = anomaly(0, "kpi.orders_per_minute", "up", 120.0, 40.0)
+
+    assert decide(peak) == ("info", "KpiShift")
+
+
+def test_promotion_peak_with_busy_odoo_is_a_ticket_not_a_page() -> None:
+    peak = anomaly(0, "kpi.orders_per_minute", "up", 120.0, 40.0)
+    busy = anomaly(10, "odoo.worker_busy_ratio", "up", 0.95, 0.5)
+
+    assert decide(peak, busy) == ("ticket", "InfrastructureAnomaly")
+
+
+def test_stale_backup_alone_is_a_ticket() -> None:
+    stale = anomaly(0, "backup.last_success_age_seconds", "up", 200_000.0, 43_000.0)
+
+    assert decide(stale) == ("ticket", "ControlFailing")
+
+
+def test_certificate_near_expiry_is_a_ticket() -> None:
+    expiring = anomaly(0, "traefik.cert_expiry_seconds", "down", 86_400.0, 5e6)
+
+    assert decide(expiring) == ("ticket", "ControlFailing")
+
+
+def test_broken_replication_with_a_fresh_backup_is_a_ticket() -> None:
+    broken = anomaly(0, "postgres.replication_lag_seconds", "up", 3600.0, 1.0)
+
+    assert decide(broken) == ("ticket", "InfrastructureAnomaly")
+
+
+def test_broken_replication_and_no_fresh_backup_is_a_page() -> None:
+    broken = anomaly(0, "postgres.replica_up", "down", 0.0, 1.0)
+    stale = anomaly(30, "backup.last_success_age_seconds", "up", 200_000.0, 43_000.0)
+
+    assert decide(broken, stale) == ("page", "DataAtRisk")
+
+
+def test_capacity_trend_is_info() -> None:
+    filling = anomaly(0, "postgres.disk_free_bytes", "down", 5e9, 4e10, detector="trend")
+
+    assert decide(filling) == ("info", "TrendNotice")
+
+
+def test_infrastructure_anomaly_without_impact_is_a_ticket() -> None:
+    misses = anomaly(0, "redis.hit_ratio", "down", 0.3, 0.95)
+
+    assert decide(misses) == ("ticket", "InfrastructureAnomaly")
+
+
+def test_rules_table_can_be_replaced() -> None:
+    # A shop that wants every infrastructure anomaly paged, say during peak season.
+    always = TierRule("page", "AnyAnomaly", lambda policy, findings: bool(findings), "peak")
+    incident = incident_of(anomaly(0, "redis.hit_ratio", "down", 0.3, 0.95))
+
+    decision = TierPolicy(rules=[always]).decide(incident)
+
+    assert (decision.tier, decision.alertname, decision.severity) == (
+        "page", "AnyAnomaly", "critical"
+    )
+
+
+def test_incident_moves_between_tiers_as_its_impact_changes() -> None:
+    builder = IncidentBuilder(window=60, quiet_period=300)
+    tracker = TierTracker()
+    steps = [
+        builder.observe(anomaly(0, "postgres.locks_waiting", "up", 40.0, 2.0)),
+        builder.observe(anomaly(20, "kpi.orders_per_minute", "down", 10.0, 40.0)),
+        builder.observe(anomaly(50, "postgres.locks_waiting", "up", 30.0, 2.0)),
+        builder.observe(anomaly(100, "postgres.locks_waiting", "up", 35.0, 2.0)),
+        builder.advance(T0 + 399),
+        builder.advance(T0 + 400),
+    ]
+
+    alerts = [tracker.apply_all(events) for events in steps]
+
+    flat = [(a.kind, a.decision.tier, a.previous_tier) for step in alerts for a in step]
+    assert flat == [
+        ("opened", "ticket", None),
+        ("updated", "page", "ticket"),
+        ("updated", "ticket", "page"),  # orders recovered: the page steps down
+        ("resolved", "ticket", None),
+    ]
+    assert alerts[-1][0].status == "resolved"
+    assert len({a.incident.incident_id for step in alerts for a in step}) == 1
+
+
+def test_quiet_incident_keeps_its_tier_until_it_resolves() -> None:
+    builder = IncidentBuilder(window=60, quiet_period=600)
+    tracker = TierTracker()
+    tracker.apply_all(builder.observe(anomaly(0, "kpi.checkout_error_ratio", "up", 0.1, 0.01)))
+
+    quiet = tracker.apply_all(builder.advance(T0 + 120))
+    resolved = tracker.apply_all(builder.advance(T0 + 600))
+
+    assert quiet == []
+    assert [(a.kind, a.decision.tier) for a in resolved] == [("resolved", "page")]

@@ -49,3 +49,19 @@ SCRAPE_SECONDS = Histogram(
 SCRAPE_ERRORS = Counter(
     "tillwatch_scrape_errors_total", "Failed scrapes by source and error code", ["source", "code"]
 )
+ALERT_EVENTS = Counter(
+    "tillwatch_alert_events_total", "Tiered alert events the notifier handled", ["tier", "kind"]
+)
+ALERTS_PENDING = Gauge(
+    "tillwatch_alerts_pending", "Alerts the notifier keeps for delivery or re-sending"
+)
+ALERTS_DROPPED = Counter(
+    "tillwatch_alerts_dropped_total",
+    "Alerts the notifier gave up on undelivered (queue full, or rejected by Alertmanager)",
+    ["reason"],
+)
+ALERTMANAGER_POSTS = Counter(
+    "tillwatch_alertmanager_posts_total",
+    "POSTs of alerts to Alertmanager by outcome",
+    ["outcome"],
+)

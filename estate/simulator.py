@@ -20,11 +20,13 @@ with ``(seed, day)``, so a run is the same for a seed whatever the chunk size.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+from scipy.stats import poisson
 
 from tillwatch.errors import TillwatchError
 from tillwatch.sample import SampleBatch, Series
@@ -51,7 +53,7 @@ class Store:
     Attributes:
         name: the ``store`` label.
         company: the ``company`` label.
-        sales_channel: ``pos`` or ``web``.
+        sales_channel: ``pos`` or ``website``, as the odoo collector labels orders.
         tills: POS tills; 0 for the webshop.
         hours: opening hours (UTC, from, to) for Monday..Sunday; None when closed.
         peak_orders_per_minute: orders a minute at the busiest hour of an ordinary day.
@@ -60,7 +62,7 @@ class Store:
 
     name: str
     company: str
-    sales_channel: Literal["pos", "web"]
+    sales_channel: Literal["pos", "website"]
     tills: int
     hours: tuple[Hours, ...]
     peak_orders_per_minute: float
@@ -94,7 +96,7 @@ DEFAULT_STORES = (
     Store("antwerp", "acme_be", "pos", 4, ((10, 18),) * 6 + (None,), 2.0, 38.0),
     Store("ghent", "acme_be", "pos", 3, ((9, 18),) * 5 + ((9, 17), None), 1.5, 35.0),
     Store("amsterdam", "acme_nl", "pos", 5, ((9, 21),) * 6 + ((12, 18),), 2.5, 40.0),
-    Store("webshop", "acme_be", "web", 0, ((0, 24),) * 7, 4.0, 61.0),
+    Store("webshop", "acme_be", "website", 0, ((0, 24),) * 7, 4.0, 61.0),
 )
 DEFAULT_CHANNELS = (
     Channel("root.stock_sync", 1.0, 0.0, 2.0, 60.0, 4),
@@ -183,13 +185,25 @@ def _labels(**labels: str) -> dict[str, str]:
     return labels
 
 
+def store_labels(store: Store) -> dict[str, str]:
+    """The labels of a store's KPIs, as the odoo collector sets them: website orders
+    carry no ``store``."""
+    labels = _labels(service="odoo", company=store.company, sales_channel=store.sales_channel)
+    if store.sales_channel == "pos":
+        labels["store"] = store.name
+    return labels
+
+
+def companies_of(estate: Estate) -> list[str]:
+    """The companies of the estate, in the order their first store is listed."""
+    return list(dict.fromkeys(s.company for s in estate.stores))
+
+
 def layout(estate: Estate) -> dict[str, list[dict[str, str]]]:
     """Every emitted signal of the estate with the labels of each of its series, in
     emission order."""
-    stores = [
-        _labels(service="odoo", company=s.company, store=s.name, sales_channel=s.sales_channel)
-        for s in estate.stores
-    ]
+    stores = [store_labels(s) for s in estate.stores]
+    companies = [_labels(service="odoo", company=c) for c in companies_of(estate)]
     odoo = [_labels(service="odoo", instance=i) for i in estate.odoo_instances]
     routers = [
         _labels(service="odoo", instance=estate.traefik, router=r) for r in estate.routers
@@ -207,10 +221,7 @@ def layout(estate: Estate) -> dict[str, list[dict[str, str]]]:
         "kpi.revenue_per_minute": stores,
         "kpi.checkout_latency_p95_seconds": stores,
         "kpi.checkout_error_ratio": stores,
-        "kpi.stock_sync_delay_seconds": stores,
-        "kpi.pickings_per_minute": [
-            _labels(service="odoo", company=estate.stores[0].company, store="warehouse")
-        ],
+        "kpi.stock_sync_delay_seconds": companies,
         "traefik.request_rate": routers,
         "traefik.latency_p95_seconds": routers,
         "traefik.error_ratio_5xx": routers,
@@ -284,7 +295,7 @@ class _Day:
         self.t = start + step * np.arange(1, int(DAY / step) + 1)
         self.hour = (self.t - start) / 3600.0
         self.weekday = day % 7
-        self.rng = np.random.default_rng([sim.seed, day])
+        self._seed = (sim.seed, day)
         self.values: dict[str, np.ndarray] = {}
         self.present: dict[str, np.ndarray] = {}
         self.layout = sim.layout
@@ -319,9 +330,20 @@ class _Day:
         width = len(self._sim.targets[name])
         return self.put(name, np.ones((self.steps, width)))
 
-    def noise(self, scale: float, width: int = 1) -> np.ndarray:
+    def rng(self, part: str) -> np.random.Generator:
+        """A generator of its own for each part of the model, so that an effect on one
+        part leaves the random draws of every other part as they were."""
+        return np.random.default_rng([*self._seed, zlib.crc32(part.encode())])
+
+    def noise(self, part: str, scale: float, width: int = 1) -> np.ndarray:
         """Multiplicative noise around 1."""
-        return np.exp(self.rng.normal(0.0, scale, (self.steps, width)))
+        return np.exp(self.rng(part).normal(0.0, scale, (self.steps, width)))
+
+    def poisson(self, part: str, mean: np.ndarray) -> np.ndarray:
+        """Poisson counts drawn by inversion, so that a changed mean at one step does not
+        shift the draws of the steps after it."""
+        uniform = np.maximum(self.rng(part).random(np.shape(mean)), 1e-12)
+        return poisson.ppf(uniform, mean)
 
 
 class Simulator:
@@ -442,10 +464,10 @@ class Simulator:
 _BACKUP_DONE_HOUR = 1.0 + 40 / 60  # nightly backup starts 01:00 and takes 40 minutes
 _SERVICE_SECONDS = 0.35  # Odoo worker time per request
 _ROUTER_LATENCY = {"pos": 0.12, "webshop": 0.35, "backoffice": 0.5}
-_CHECKOUT_BUDGET = {"pos": 2.5, "web": 4.0}  # seconds a customer tolerates before leaving
+_CHECKOUT_BUDGET = {"pos": 2.5, "website": 4.0}  # seconds a customer tolerates before leaving
 _WEEKDAY_FACTOR = {
     "pos": (0.8, 0.85, 0.9, 0.95, 1.1, 1.4, 0.9),
-    "web": (1.1, 1.0, 1.0, 1.0, 0.95, 1.1, 1.25),
+    "website": (1.1, 1.0, 1.0, 1.0, 0.95, 1.1, 1.25),
 }
 
 
@@ -499,7 +521,7 @@ def _demand(day: _Day, estate: Estate) -> np.ndarray:
             * open_now
         )
 
-    wanted = np.column_stack(columns) * day.noise(0.05, len(estate.stores))
+    wanted = np.column_stack(columns) * day.noise("demand", 0.05, len(estate.stores))
     return wanted * day.driver("driver.demand")
 
 
@@ -509,7 +531,7 @@ def _traefik_requests(day: _Day, estate: Estate, demand: np.ndarray) -> np.ndarr
     tills_open = (demand[:, pos] > 0) @ np.array(
         [s.tills for s in estate.stores if s.sales_channel == "pos"]
     )
-    browsing = 0.5 * _profile(day, "web") * day.values["driver.demand"][:, ~pos].sum(axis=1)
+    browsing = 0.5 * _profile(day, "website") * day.values["driver.demand"][:, ~pos].sum(axis=1)
     office = (day.weekday < 5) & (day.hour > 8) & (day.hour <= 18)
     per_router = {
         "pos": demand[:, pos].sum(axis=1) * 30 / 60 + 0.02 * tills_open,
@@ -517,7 +539,9 @@ def _traefik_requests(day: _Day, estate: Estate, demand: np.ndarray) -> np.ndarr
         "backoffice": 0.1 + 1.9 * office,
     }
     rate = np.column_stack([per_router.get(r, np.full(day.steps, 0.5)) for r in estate.routers])
-    rate = day.put("traefik.request_rate", rate * day.noise(0.05, len(estate.routers)))
+    rate = day.put(
+        "traefik.request_rate", rate * day.noise("requests", 0.05, len(estate.routers))
+    )
     return rate.sum(axis=1)
 
 
@@ -527,11 +551,12 @@ def _redis(day: _Day, load: np.ndarray) -> np.ndarray:
     need = 0.68 * working_set * (1 + 0.06 * load / 15.0)
     overflow = np.maximum(0.0, need - 0.97)
 
-    used = np.minimum(need, 0.985) + day.rng.normal(0, 0.004, day.steps)
+    used = np.minimum(need, 0.985) + day.rng("redis.memory").normal(0, 0.004, day.steps)
     day.put("redis.used_memory_ratio", np.clip(used, 0.0, 1.0))
-    evictions = overflow * 6000 * day.noise(0.2)[:, 0] + day.rng.exponential(0.05, day.steps)
+    evictions = overflow * 6000 * day.noise("redis.evictions", 0.2)[:, 0]
+    evictions += day.rng("redis.expiry").exponential(0.05, day.steps)
     day.put("redis.evictions_per_second", evictions)
-    hit = 0.965 - 1.5 * overflow + day.rng.normal(0, 0.003, day.steps)
+    hit = 0.965 - 1.5 * overflow + day.rng("redis.hits").normal(0, 0.003, day.steps)
     return day.put("redis.hit_ratio", np.clip(hit, 0.0, 1.0))[:, 0]
 
 
@@ -541,7 +566,9 @@ def _odoo(day: _Day, estate: Estate, load: np.ndarray, hit_ratio: np.ndarray) ->
     busy = (load * cost / len(estate.odoo_instances))[:, None]
     workers = estate.workers_per_instance * day.driver("driver.odoo_workers")
     width = len(estate.odoo_instances)
-    saturation = busy / np.maximum(workers, 1e-3) + day.rng.normal(0, 0.015, (day.steps, width))
+    saturation = busy / np.maximum(workers, 1e-3) + day.rng("odoo").normal(
+        0, 0.015, (day.steps, width)
+    )
     return day.put("odoo.worker_saturation_ratio", np.clip(saturation, 0.0, 1.0))
 
 
@@ -550,40 +577,44 @@ def _traefik_latency(day: _Day, estate: Estate, saturation: np.ndarray) -> None:
     rho = np.minimum(saturation.mean(axis=1), 0.97)[:, None]
     base = np.array([_ROUTER_LATENCY.get(r, 0.3) for r in estate.routers])
     width = len(estate.routers)
-    latency = base * (0.3 + 0.7 / (1 - rho)) * day.noise(0.08, width)
+    latency = base * (0.3 + 0.7 / (1 - rho)) * day.noise("latency", 0.08, width)
     day.put("traefik.latency_p95_seconds", latency)
 
-    errors = 0.0015 * day.noise(0.3, width) + 1.2 * np.maximum(0.0, rho - 0.9)
+    errors = 0.0015 * day.noise("errors", 0.3, width) + 1.2 * np.maximum(0.0, rho - 0.9)
     day.put("traefik.error_ratio_5xx", np.clip(errors, 0.0, 1.0))
 
 
 def _checkout(day: _Day, estate: Estate, demand: np.ndarray) -> None:
     """Checkout latency and errors per store; slow or failing checkouts lose orders."""
-    router = {"pos": "pos", "web": "webshop"}
+    router = {"pos": "pos", "website": "webshop"}
     ix = [estate.routers.index(router[s.sales_channel]) for s in estate.stores]
     width = len(estate.stores)
-    latency = day.values["traefik.latency_p95_seconds"][:, ix] * 2.2 * day.noise(0.1, width)
+    latency = (
+        day.values["traefik.latency_p95_seconds"][:, ix]
+        * 2.2
+        * day.noise("checkout.latency", 0.1, width)
+    )
     latency = day.put("kpi.checkout_latency_p95_seconds", latency)
-    errors = day.values["traefik.error_ratio_5xx"][:, ix] + 0.003 * day.noise(0.3, width)
+    errors = day.values["traefik.error_ratio_5xx"][:, ix] + 0.003 * day.noise(
+        "checkout.errors", 0.3, width
+    )
     errors = day.put("kpi.checkout_error_ratio", np.clip(errors, 0.0, 1.0))
 
     budget = np.array([_CHECKOUT_BUDGET[s.sales_channel] for s in estate.stores])
     lost = np.clip(0.5 * (latency / budget - 1), 0.0, 0.8) + errors
     minutes = estate.step_seconds / 60
-    bought = day.rng.poisson(demand * np.clip(1 - lost, 0.1, 1) * minutes) / minutes
+    bought = day.poisson("orders", demand * np.clip(1 - lost, 0.1, 1) * minutes) / minutes
     orders = day.put("kpi.orders_per_minute", bought)
     basket = np.array([s.basket_eur for s in estate.stores])
-    spread = 1 + day.rng.normal(0, 0.25, orders.shape) / np.sqrt(np.maximum(orders, 1))
+    spread = 1 + day.rng("revenue").normal(0, 0.25, orders.shape) / np.sqrt(
+        np.maximum(orders, 1)
+    )
     day.put("kpi.revenue_per_minute", np.maximum(orders * basket * spread, 0.0))
 
     # No checkout, no latency to measure: a closed store sends neither quantile nor ratio.
     open_now = demand > 0
     day.present["kpi.checkout_latency_p95_seconds"] = open_now
     day.present["kpi.checkout_error_ratio"] = open_now
-
-    warehouse = (day.weekday < 6) & (day.hour > 6) & (day.hour <= 22)
-    pickings = day.rng.poisson(0.6 * orders.sum(axis=1) * warehouse + 0.2 * warehouse)
-    day.put("kpi.pickings_per_minute", pickings)
 
 
 def _replication(day: _Day, estate: Estate, load: np.ndarray, carry: _Carry) -> _Carry:
@@ -592,7 +623,9 @@ def _replication(day: _Day, estate: Estate, load: np.ndarray, carry: _Carry) -> 
     since = np.where(streaming, day.t[:, None], -np.inf)
     since = np.fmax.accumulate(np.vstack([carry.last_streaming, since]), axis=0)[1:]
     width = len(estate.replicas)
-    normal = 0.03 + 0.15 * (load / 15.0)[:, None] * day.rng.exponential(1.0, (day.steps, width))
+    normal = 0.03 + 0.15 * (load / 15.0)[:, None] * day.rng("replication").exponential(
+        1.0, (day.steps, width)
+    )
     lag = day.put(
         "postgres.replication_lag_seconds", np.where(streaming, normal, day.t[:, None] - since)
     )
@@ -606,37 +639,34 @@ def _replication(day: _Day, estate: Estate, load: np.ndarray, carry: _Carry) -> 
 def _queue(day: _Day, estate: Estate, carry: _Carry) -> _Carry:
     """Depth per channel and state; a backlog grows whenever inflow beats capacity."""
     orders = day.values["kpi.orders_per_minute"]
-    web = orders[:, [s.sales_channel == "web" for s in estate.stores]].sum(axis=1)
+    web = orders[:, [s.sales_channel == "website" for s in estate.stores]].sum(axis=1)
     minutes = estate.step_seconds / 60
-    inflow = np.column_stack(
-        [
-            day.rng.poisson(
-                (
-                    c.jobs_per_order * orders.sum(axis=1)
-                    + c.jobs_per_web_order * web
-                    + c.baseline_per_minute
-                )
-                * minutes
-            )
-            for c in estate.channels
-        ]
-    ).astype(np.float64)
+    jobs_per_order = np.array([c.jobs_per_order for c in estate.channels])
+    jobs_per_web_order = np.array([c.jobs_per_web_order for c in estate.channels])
+    baseline = np.array([c.baseline_per_minute for c in estate.channels])
+    expected = (
+        orders.sum(axis=1)[:, None] * jobs_per_order
+        + web[:, None] * jobs_per_web_order
+        + baseline
+    )
+    inflow = day.poisson("queue.inflow", expected * minutes)
     capacity = np.array([c.capacity_per_minute for c in estate.channels]) * minutes
     capacity = capacity * day.driver("driver.queue_capacity")
 
     backlog = _backlog(carry.backlog, inflow - capacity)
     done = np.vstack([carry.backlog, backlog])[:-1] + inflow - backlog
     # Jobs that arrived during the step and were not picked up yet, even with no backlog.
-    pending = backlog + day.rng.poisson(0.15 * inflow)
+    pending = backlog + day.poisson("queue.pending", 0.15 * inflow)
     workers = np.array([c.workers for c in estate.channels])
     started = np.minimum(workers, np.ceil(done / np.maximum(capacity, 1e-9) * workers))
-    enqueued = np.minimum(pending, day.rng.poisson(0.3, pending.shape) + (pending > 0) * 2)
+    handed_out = day.poisson("queue.enqueued", np.full(pending.shape, 0.3)) + (pending > 0) * 2
+    enqueued = np.minimum(pending, handed_out)
     depth = np.stack([pending, enqueued, started], axis=2).reshape(day.steps, -1)
     day.put("queue.depth", depth)
 
     # First in, first out: the oldest job waits about as long as the backlog takes to drain.
     drain_seconds = pending / np.maximum(capacity, 1e-3) * estate.step_seconds
-    waited = day.rng.uniform(1.0, 20.0, pending.shape)
+    waited = day.rng("queue.age").uniform(1.0, 20.0, pending.shape)
     day.put(
         "queue.oldest_pending_age_seconds", np.where(pending > 0, drain_seconds + waited, 0)
     )
@@ -652,13 +682,14 @@ def _backlog(start: np.ndarray, surplus: np.ndarray) -> np.ndarray:
 
 
 def _stock_sync(day: _Day, estate: Estate) -> None:
-    """How stale each store's stock is: the sync job's wait plus the read replica's lag."""
+    """How late each company's stock moves reach the stores and the webshop: the sync
+    job's wait in its queue plus the lag of the replica it reads from."""
     replica = estate.replicas.index(estate.read_replica)
     lag = day.values["postgres.replication_lag_seconds"][:, replica]
     channel = [c.name for c in estate.channels].index("root.stock_sync")
     wait = day.values["queue.oldest_pending_age_seconds"][:, channel]
-    width = len(estate.stores)
-    cron = 20 + 20 * day.rng.random((day.steps, width))
+    width = len(companies_of(estate))
+    cron = 20 + 20 * day.rng("stock_sync").random((day.steps, width))
     day.put("kpi.stock_sync_delay_seconds", cron + (lag + wait)[:, None])
 
 
@@ -697,3 +728,29 @@ def _up(day: _Day) -> None:
     for name, label_list in day.layout.items():
         if name.endswith(".up"):
             day.put(name, np.ones((day.steps, len(label_list))))
+
+
+def by_series(batches: Iterator[SampleBatch] | Sequence[SampleBatch]) -> dict[str, np.ndarray]:
+    """Gather batches into one ``(n, 2)`` array of ``(ts, value)`` rows per series key,
+    in time order; handy for tests, notebooks and plots.
+
+    Args:
+        batches: batches of one run, e.g. ``Simulator(...).run()``.
+
+    Returns:
+        Each series' canonical key mapped to its rows.
+    """
+    keys, ts, values = [], [], []
+    for batch in batches:
+        names = np.array([s.key for s in batch.series], dtype=object)
+        keys.append(names[batch.series_ix])
+        ts.append(batch.ts)
+        values.append(batch.value)
+    if not keys:
+        return {}
+
+    key, when, value = np.concatenate(keys), np.concatenate(ts), np.concatenate(values)
+    order = np.lexsort((when, key))
+    key, rows = key[order], np.column_stack([when[order], value[order]])
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    return {key[s]: part for s, part in zip(starts, np.split(rows, starts[1:]), strict=True)}

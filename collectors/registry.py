@@ -1,0 +1,16 @@
+"""Every collector class by its source name: the config layer and the contract suite read it.
+
+Add one line per source. tests/unit/test_collector_contract.py runs its generic suite over
+every entry, so a new collector is checked as soon as it is registered here.
+"""
+
+from __future__ import annotations
+
+from collectors.base import Collector
+from collectors.redis import RedisCollector
+from collectors.traefik import TraefikCollector
+
+COLLECTORS: dict[str, type[Collector]] = {
+    "redis": RedisCollector,
+    "traefik": TraefikCollector,
+}

@@ -65,3 +65,7 @@ ALERTMANAGER_POSTS = Counter(
     "POSTs of alerts to Alertmanager by outcome",
     ["outcome"],
 )
+SAMPLES_EXPIRED = Counter(
+    "tillwatch_samples_expired_total",
+    "Samples older than the storage TTL when written; ClickHouse drops them at insert",
+)

@@ -7,10 +7,14 @@ every entry, so a new collector is checked as soon as it is registered here.
 from __future__ import annotations
 
 from collectors.base import Collector
+from collectors.odoo import OdooCollector
+from collectors.queue import QueueCollector
 from collectors.redis import RedisCollector
 from collectors.traefik import TraefikCollector
 
 COLLECTORS: dict[str, type[Collector]] = {
+    "odoo": OdooCollector,
+    "queue": QueueCollector,
     "redis": RedisCollector,
     "traefik": TraefikCollector,
 }

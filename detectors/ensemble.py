@@ -5,6 +5,7 @@ Views, each a tail probability (small means surprising):
 - *level*: how far the sample sits from a robust running level, in units of a robust
   running deviation, averaged over a short horizon and compared with the long-run
   distribution of that average (a likelihood in the spirit of Numenta's);
+- *point*: the same robust distance for the sample alone, so a lone spike counts;
 - *novelty*: how far the sample leaves the range the series has ever shown.
 
 The smallest probability (Bonferroni-corrected) becomes the score: decades of surprise
@@ -35,7 +36,12 @@ class EnsembleConfig:
         long: smoothing of the long-run distribution of that surprise.
         clip: deviations beyond this many robust units move the level no further,
             so an anomaly barely teaches the baseline.
+        z_cap: largest surprise one sample can contribute.
         novelty_scale: range fractions per e-fold of novelty probability.
+        forget: per-sample pull of the remembered range towards the level, so that
+            novelty is judged against recent history rather than all of it.
+        point: robust units per standard normal unit for the single-sample view, so a
+            lone spike is judged on its own and not only through the short average.
         decades: decades of surprise that map to score 1.
         fire: score from which the hold starts.
         hold: samples during which scores are damped after firing.
@@ -43,11 +49,14 @@ class EnsembleConfig:
         warm_up: samples before a series scores.
     """
 
-    fast: float = 0.05
-    short: float = 0.3
-    long: float = 0.002
+    fast: float = 0.01
+    short: float = 0.05
+    long: float = 0.0005
     clip: float = 4.0
-    novelty_scale: float = 0.05
+    z_cap: float = 30.0
+    novelty_scale: float = 0.001
+    forget: float = 0.0
+    point: float = 8.0
     decades: float = 10.0
     fire: float = 0.5
     hold: int = 100
@@ -84,19 +93,24 @@ class Ensemble(TableDetector):
     def _advance(self, rows: np.ndarray, ts: np.ndarray, value: np.ndarray) -> np.ndarray:
         first = np.isnan(rows[:, LEVEL])
         rows[first, LEVEL] = value[first]
-        log_p = np.minimum(self._level_log_p(rows, value), self._novelty_log_p(rows, value))
+        z = np.minimum(np.abs(value - rows[:, LEVEL]) / self._scale(rows), self.config.z_cap)
+        log_p = np.minimum(self._level_log_p(rows, z), self._novelty_log_p(rows, value))
+        log_p = np.minimum(log_p, log_ndtr(-z / self.config.point))
 
-        # Two views were consulted: double the smallest probability (Bonferroni).
-        decades = -(np.minimum(log_p + np.log(2.0), 0.0)) / LN10
+        # Three views were consulted: triple the smallest probability (Bonferroni).
+        decades = -(np.minimum(log_p + np.log(3.0), 0.0)) / LN10
         score = np.minimum(decades / self.config.decades, 1.0)
         score = self._hold(rows, score)
         self._learn(rows, value)
         return score
 
-    def _level_log_p(self, rows: np.ndarray, value: np.ndarray) -> np.ndarray:
-        """Log tail probability of the short-horizon surprise against its long-run law."""
+    def _level_log_p(self, rows: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Log tail probability of the short-horizon surprise against its long-run law.
+
+        ``z`` is the sample's robust surprise, capped so one wild sample cannot inflate
+        the surprise law for long.
+        """
         cfg = self.config
-        z = np.abs(value - rows[:, LEVEL]) / self._scale(rows)
         rows[:, Z_SHORT] += cfg.short * (z - rows[:, Z_SHORT])
         spread = np.sqrt(rows[:, Z_VAR]) + 1e-3
         return log_ndtr(-(rows[:, Z_SHORT] - rows[:, Z_MEAN]) / spread)
@@ -122,15 +136,22 @@ class Ensemble(TableDetector):
         """Fold the sample into level, deviation, surprise law and range."""
         cfg = self.config
         scale = self._scale(rows)
-        step = np.clip(value - rows[:, LEVEL], -cfg.clip * scale, cfg.clip * scale)
-        rows[:, LEVEL] += cfg.fast * step
-        rows[:, DEV] += cfg.fast * (np.abs(step) - rows[:, DEV])
+        # Young series average everything seen so far, then settle on the configured rate.
+        young = 1.0 / (rows[:, 0] + 1.0)
+        fast, long = np.maximum(cfg.fast, young), np.maximum(cfg.long, young)
+        delta = value - rows[:, LEVEL]
+        bound = cfg.clip * scale
+        clipped = np.where(rows[:, 0] < 2, delta, np.clip(delta, -bound, bound))
+        rows[:, LEVEL] += fast * clipped
+        rows[:, DEV] += fast * (np.abs(clipped) - rows[:, DEV])
 
         gap = rows[:, Z_SHORT] - rows[:, Z_MEAN]
-        rows[:, Z_MEAN] += cfg.long * gap
-        rows[:, Z_VAR] += cfg.long * (gap * gap - rows[:, Z_VAR])
+        rows[:, Z_MEAN] += long * gap
+        rows[:, Z_VAR] += long * (gap * gap - rows[:, Z_VAR])
         rows[:, LOW] = np.minimum(rows[:, LOW], value)
         rows[:, HIGH] = np.maximum(rows[:, HIGH], value)
+        rows[:, LOW] += cfg.forget * (rows[:, LEVEL] - rows[:, LOW])
+        rows[:, HIGH] += cfg.forget * (rows[:, LEVEL] - rows[:, HIGH])
 
     def _scale(self, rows: np.ndarray) -> np.ndarray:
         """Robust deviation, floored so that a flat series does not divide by zero."""

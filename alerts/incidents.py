@@ -107,7 +107,8 @@ class Incident:
         opened_at: time of its first anomaly.
         last_seen: time of its latest anomaly.
         resolved_at: when it resolved, or None while open.
-        service: the ``service`` label of its root cause (or of its first finding).
+        service: the root cause's ``service`` label (the topology's name for its node
+            when it has none); for a KPI-only incident, the service owning the KPI.
         root_cause: the likeliest infrastructure culprit, or None when only KPIs moved.
         findings: every series that went anomalous, in order of first appearance.
     """
@@ -282,16 +283,21 @@ class IncidentBuilder:
             for finding in sorted(incident.findings.values(), key=_appearance)
         )
         root = root_cause(findings, self.topology)
-        first = root or findings[0]
         return Incident(
             incident_id=incident.incident_id,
             opened_at=incident.opened_at,
             last_seen=incident.last_seen,
             resolved_at=resolved_at,
-            service=self.topology.service_of(first.node),
+            service=self._service(root, findings[0]),
             root_cause=root,
             findings=findings,
         )
+
+    def _service(self, root: Finding | None, first: Finding) -> str:
+        # The collectors' own service label names the culprit the way operators know it.
+        if root is not None:
+            return root.labels.get("service") or self.topology.service_of(root.node)
+        return self.topology.service_of(first.node)
 
 
 def root_cause(findings: Iterable[Finding], topology: Topology) -> Finding | None:

@@ -9,6 +9,8 @@ tier        alertname              when
 page        BusinessKpiHurt        a KPI moves in its harmful direction (orders down,
                                    checkout latency or errors up, stock sync delayed)
 page        DataAtRisk             replication is broken and no fresh backup exists
+info        DemandPeak             KPIs rose the welcome way (orders up) and only load
+                                   signals (request rate, worker saturation) rose too
 ticket      ControlFailing         a control fails: backup stale, certificate expiring
 ticket      InfrastructureAnomaly  an infrastructure anomaly with no business impact yet
 info        TrendNotice            only trends and capacity notices
@@ -59,11 +61,13 @@ CONDITIONS: Mapping[str, tuple[tuple[str, Direction], ...]] = {
         ("postgres.replication_lag_seconds", "up"),
         ("postgres.replication_lag_bytes", "up"),
         ("postgres.replica_up", "down"),
+        ("postgres.replicas_connected", "down"),
         ("postgres.replication_connected", "down"),
         ("postgres.replication_streaming", "down"),
     ),
     "backup_stale": (
         ("backup.*age_seconds", "up"),
+        ("backup.status_code", "up"),
         ("backup.*success", "down"),
         ("backup.*ok", "down"),
         ("pgbackrest.*age_seconds", "up"),
@@ -72,6 +76,13 @@ CONDITIONS: Mapping[str, tuple[tuple[str, Direction], ...]] = {
     "certificate_expiring": (
         ("*cert*expir*", "down"),
         ("*cert*not_after*", "down"),
+    ),
+    # Signals that rise with demand: a peak of shoppers, not a fault.
+    "load": (
+        ("*request_rate*", "up"),
+        ("*requests_per_second*", "up"),
+        ("*saturation*", "up"),
+        ("*busy*", "up"),
     ),
     "capacity": (
         ("*disk_free*", "down"),
@@ -167,6 +178,13 @@ class TierPolicy:
         """Whether a KPI finding moves the way that costs the business."""
         return finding.is_kpi and finding.direction == self.harmful_direction(finding.signal)
 
+    def welcome(self, finding: Finding) -> bool:
+        """Whether a KPI finding moves opposite to its harmful direction (orders up)."""
+        harmful = self.harmful_direction(finding.signal)
+        return finding.is_kpi and harmful is not None and finding.direction not in (
+            harmful, "none"
+        )
+
     def meets(self, condition: str, finding: Finding) -> bool:
         """Whether a finding satisfies one of the named condition's (pattern, direction)."""
         return any(
@@ -204,6 +222,13 @@ def _trend_only(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
     return bool(infra) and all(policy.is_trend(finding) for finding in infra)
 
 
+def _demand_peak(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
+    welcome = any(policy.welcome(finding) for finding in findings)
+    infra = [finding for finding in findings if not finding.is_kpi]
+    explained = all(policy.meets("load", f) or policy.is_trend(f) for f in infra)
+    return welcome and explained
+
+
 def _kpi_harmless(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
     return any(finding.is_kpi for finding in findings)
 
@@ -212,6 +237,12 @@ RULES: tuple[TierRule, ...] = (
     TierRule("page", "BusinessKpiHurt", _kpi_hurt, "a business KPI is hurt now"),
     TierRule(
         "page", "DataAtRisk", _data_at_risk, "replication is broken and no fresh backup exists"
+    ),
+    TierRule(
+        "info",
+        "DemandPeak",
+        _demand_peak,
+        "demand is up: KPIs rose and only load signals rose with them (a capacity notice)",
     ),
     TierRule(
         "ticket",

@@ -27,6 +27,7 @@ Edges = dict[str, tuple[str, ...]]
 DEPENDS_ON: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "kpi.orders_per_minute": ("odoo", "traefik"),
     "kpi.pos_orders_per_minute": ("odoo", "traefik"),
+    "kpi.revenue_per_minute": ("odoo", "traefik"),
     "kpi.checkout_latency_p95_seconds": ("odoo", "traefik"),
     "kpi.checkout_error_ratio": ("odoo", "traefik"),
     "kpi.stock_sync_delay_seconds": ("queue", "postgres_replica"),
@@ -50,16 +51,19 @@ PROTECTS: Mapping[str, tuple[str, ...]] = MappingProxyType({
 SIGNAL_NODES: Mapping[str, str] = MappingProxyType({
     "postgres.replication_": "postgres_replica",
     "postgres.replica_": "postgres_replica",
+    "postgres.replicas_": "postgres_replica",
     "pgbackrest.": "backup",
     "walg.": "backup",
     "queue_job.": "queue",
 })
 
-# The service label an alert carries for a node; nodes not listed are their own service.
+# The service label of a node's alerts when its series carry none (and for KPI-only
+# incidents); nodes not listed are their own service.
 SERVICES: Mapping[str, str] = MappingProxyType({
     "postgres_replica": "postgres",
     "kpi.orders_per_minute": "odoo",
     "kpi.pos_orders_per_minute": "odoo",
+    "kpi.revenue_per_minute": "odoo",
     "kpi.checkout_latency_p95_seconds": "odoo",
     "kpi.checkout_error_ratio": "odoo",
     "kpi.stock_sync_delay_seconds": "queue",

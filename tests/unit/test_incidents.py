@@ -60,6 +60,18 @@ def test_infrastructure_anomaly_and_the_kpi_it_hurts_form_one_incident() -> None
     assert incident.service == "postgres"
 
 
+def test_service_is_the_root_causes_own_service_label() -> None:
+    builder = IncidentBuilder()
+    labels = {"service": "queue_job", "channel": "root.stock_sync"}
+    builder.observe(anomaly(0, "kpi.stock_sync_delay_seconds", "up", 900.0, 60.0))
+
+    events = builder.observe(anomaly(20, "queue.depth", "up", 5000.0, 40.0, labels))
+
+    root = events[0].incident.root_cause
+    assert root is not None and root.node == "queue"
+    assert events[0].incident.service == "queue_job"
+
+
 def test_unrelated_services_open_separate_incidents() -> None:
     builder = IncidentBuilder()
 

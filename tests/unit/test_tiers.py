@@ -43,14 +43,29 @@ def test_a_hurt_kpi_pages(
 def test_promotion_peak_with_orders_up_is_not_a_page() -> None:
     peak = anomaly(0, "kpi.orders_per_minute", "up", 120.0, 40.0)
 
-    assert decide(peak) == ("info", "KpiShift")
+    assert decide(peak) == ("info", "DemandPeak")
 
 
-def test_promotion_peak_with_busy_odoo_is_a_ticket_not_a_page() -> None:
+def test_promotion_peak_with_saturated_workers_is_a_capacity_notice() -> None:
+    labels = {"service": "odoo"}
+    peak = anomaly(0, "kpi.orders_per_minute", "up", 120.0, 40.0, labels)
+    requests = anomaly(5, "traefik.request_rate", "up", 900.0, 300.0, labels)
+    busy = anomaly(10, "odoo.worker_saturation_ratio", "up", 0.95, 0.5, labels)
+
+    assert decide(peak, requests, busy) == ("info", "DemandPeak")
+
+
+def test_orders_up_do_not_hide_an_unrelated_fault() -> None:
     peak = anomaly(0, "kpi.orders_per_minute", "up", 120.0, 40.0)
-    busy = anomaly(10, "odoo.worker_busy_ratio", "up", 0.95, 0.5)
+    misses = anomaly(10, "redis.hit_ratio", "down", 0.3, 0.95)
 
-    assert decide(peak, busy) == ("ticket", "InfrastructureAnomaly")
+    assert decide(peak, misses) == ("ticket", "InfrastructureAnomaly")
+
+
+def test_kpi_with_no_known_harmful_direction_is_a_notice() -> None:
+    basket = anomaly(0, "kpi.basket_items_mean", "down", 2.0, 3.5)
+
+    assert decide(basket) == ("info", "KpiShift")
 
 
 def test_stale_backup_alone_is_a_ticket() -> None:
@@ -76,6 +91,13 @@ def test_broken_replication_and_no_fresh_backup_is_a_page() -> None:
     stale = anomaly(30, "backup.last_success_age_seconds", "up", 200_000.0, 43_000.0)
 
     assert decide(broken, stale) == ("page", "DataAtRisk")
+
+
+def test_disconnected_replica_and_failing_backup_is_a_page() -> None:
+    gone = anomaly(0, "postgres.replicas_connected", "down", 1.0, 2.0, {"service": "postgres"})
+    failing = anomaly(60, "backup.status_code", "up", 2.0, 0.0, {"service": "pgbackrest"})
+
+    assert decide(gone, failing) == ("page", "DataAtRisk")
 
 
 def test_capacity_trend_is_info() -> None:

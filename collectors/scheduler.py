@@ -117,7 +117,7 @@ class Scheduler:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join()
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
         self._deliver_finished()
         for job in self._jobs:

@@ -11,6 +11,7 @@ A scenario file (format in docs/simulator.md)::
     end = "tue 14:45"
     service = "postgres"         # root cause, as the service label names it
     component = "pg-replica-1"
+    signals = ["postgres.replication_lag_seconds"]
     affected_kpis = ["kpi.stock_sync_delay_seconds"]
     expected_tier = "page"
 
@@ -101,6 +102,7 @@ class GroundTruth(_Strict):
     service: str = Field(description="root-cause service, as its service label names it")
     component: str = Field(default="", description="the instance, replica or channel at fault")
     also_services: list[str] = Field(default_factory=list)
+    signals: list[str] = Field(min_length=1, description="signals where the cause shows")
     affected_kpis: list[str] = Field(default_factory=list)
     expected_tier: Literal["page", "ticket", "info", "none"]
 
@@ -206,7 +208,14 @@ def _check_against_estate(path: Path, spec: ScenarioSpec, estate: Estate) -> Non
             "end the incident later in the week"
         )
     known = targets(estate)
-    kpis = sorted(s for s in layout(estate) if s.startswith("kpi."))
+    emitted = layout(estate)
+    for signal in truth.signals:
+        if signal not in emitted:
+            raise ScenarioError(
+                f"{path}: ground_truth.signals: {signal!r} is not a signal the estate "
+                f"emits; use one of {sorted(emitted)}"
+            )
+    kpis = sorted(s for s in emitted if s.startswith("kpi."))
     for kpi in truth.affected_kpis:
         if kpi not in kpis:
             raise ScenarioError(

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
-from scipy.stats import poisson
 
 from tillwatch.errors import TillwatchError
 from tillwatch.sample import SampleBatch, Series
@@ -342,8 +341,32 @@ class _Day:
     def poisson(self, part: str, mean: np.ndarray) -> np.ndarray:
         """Poisson counts drawn by inversion, so that a changed mean at one step does not
         shift the draws of the steps after it."""
-        uniform = np.maximum(self.rng(part).random(np.shape(mean)), 1e-12)
-        return poisson.ppf(uniform, mean)
+        uniform = self.rng(part).random(np.shape(mean))
+        return _poisson_quantile(uniform, np.asarray(mean, dtype=np.float64))
+
+
+def _poisson_quantile(uniform: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The smallest k whose Poisson(mean) CDF reaches ``uniform``, for every element.
+
+    Walks the CDF one k at a time for the elements not yet placed; means here stay in
+    the tens, where that takes a few dozen vectorised steps. Means above about 700
+    underflow ``exp(-mean)`` and are out of range.
+    """
+    flat_u, flat_mean = uniform.ravel(), np.maximum(mean.ravel(), 0.0)
+    counts = np.zeros(flat_u.shape)
+    todo = np.arange(flat_u.size)
+    term = np.exp(-flat_mean)
+    cdf = term.copy()
+    k = 0
+    # The bound stops the walk where rounding keeps the CDF just under a uniform near 1.
+    limit = int(flat_mean.max(initial=0.0) + 12 * np.sqrt(flat_mean.max(initial=0.0)) + 30)
+    while todo.size and k < limit:
+        todo = todo[flat_u[todo] > cdf[todo]]
+        k += 1
+        term[todo] *= flat_mean[todo] / k
+        cdf[todo] += term[todo]
+        counts[todo] = k
+    return counts.reshape(uniform.shape)
 
 
 class Simulator:

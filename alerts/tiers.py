@@ -14,7 +14,7 @@ info        DemandPeak             KPIs rose the welcome way (orders up) and onl
 ticket      ControlFailing         a control fails: backup stale, certificate expiring
 ticket      InfrastructureAnomaly  an infrastructure anomaly with no business impact yet
 info        TrendNotice            only trends and capacity notices
-info        KpiShift               a KPI moved, in a harmless direction (orders up)
+info        KpiShift               a KPI moved and nothing says which way hurts it
 ==========  =====================  ==================================================
 
 Which way hurts each KPI, and which signals make up each condition, are tables too
@@ -229,7 +229,7 @@ def _demand_peak(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
     return welcome and explained
 
 
-def _kpi_harmless(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
+def _kpi_moved(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
     return any(finding.is_kpi for finding in findings)
 
 
@@ -257,7 +257,7 @@ RULES: tuple[TierRule, ...] = (
         "an infrastructure anomaly with no business impact yet",
     ),
     TierRule("info", "TrendNotice", _trend_only, "a trend or capacity notice"),
-    TierRule("info", "KpiShift", _kpi_harmless, "a KPI moved in a harmless direction"),
+    TierRule("info", "KpiShift", _kpi_moved, "a KPI moved; no rule says that direction hurts"),
 )
 
 

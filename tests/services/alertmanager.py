@@ -96,7 +96,10 @@ def start_inbox() -> WebhookInbox:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     inbox = WebhookInbox(server)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A short poll lets teardown shut the server down without waiting half a second.
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     return inbox
 
 

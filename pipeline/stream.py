@@ -53,6 +53,11 @@ class Consumer(Protocol):
         """Records published to this member's partitions and not yet committed."""
         ...
 
+    @property
+    def partitions(self) -> list[int]:
+        """The partitions assigned to this member right now (empty before the group forms)."""
+        ...
+
     def close(self) -> None:
         """Leave the group; uncommitted records go to the remaining members."""
         ...

@@ -2,6 +2,12 @@
 
 from pathlib import Path
 
+import pytest
+
+# Service modules import one another (the Odoo schema needs PostgreSQL); registering the
+# package first lets pytest rewrite asserts in whichever is imported first.
+pytest.register_assert_rewrite("tests.services")
+
 pytest_plugins = sorted(
     f"tests.services.{path.stem}"
     for path in (Path(__file__).parent / "services").glob("*.py")

@@ -13,17 +13,20 @@ why, is written in docs/collectors-odoo-queue.md.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
+import requests
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
 from collectors.base import Collector, Reading, SignalSpec
-from tillwatch.errors import SourceError
+from tillwatch.errors import ConfigError, SourceError
 from tillwatch.sample import MAX_LABEL_VALUE_LENGTH
 
 log = logging.getLogger(__name__)
@@ -173,9 +176,14 @@ def _error_code(failure: psycopg.Error) -> str:
 class OdooCollector(Collector):
     """Reads order throughput, picking delays and scheduler health from one Odoo database.
 
+    Give ``dsn`` (the tested main path: orders, pickings and crons) or, where the
+    database is out of reach, ``rpc`` (orders only, through Odoo's external API, windows
+    on this host's clock).
+
     Args:
         dsn: libpq connection string of the read-only role (password from the environment
             or a passfile, never the config file).
+        rpc: an :class:`OdooRpc` client, used for orders when ``dsn`` is not given.
         labels: the target's own labels, e.g. ``service="odoo", instance="shop-eu"``.
         cron_grace_seconds: a scheduled action is overdue once its nextcall is this old.
         picking_grace_seconds: an open picking is overdue once its scheduled date is
@@ -185,6 +193,9 @@ class OdooCollector(Collector):
             committed a little after their ``date_order`` are still counted.
         connect_timeout: seconds to wait for PostgreSQL when connecting.
         statement_timeout_ms: server-side limit for each query.
+
+    Raises:
+        ConfigError: when neither ``dsn`` nor ``rpc`` is given.
     """
 
     source = "odoo"
@@ -193,8 +204,9 @@ class OdooCollector(Collector):
     def __init__(
         self,
         *,
-        dsn: str,
-        labels: dict[str, str],
+        labels: Mapping[str, str],
+        dsn: str | None = None,
+        rpc: OdooRpc | None = None,
         cron_grace_seconds: float = 600.0,
         picking_grace_seconds: float = 0.0,
         first_window_seconds: float = 60.0,
@@ -203,12 +215,17 @@ class OdooCollector(Collector):
         statement_timeout_ms: int = 10_000,
     ) -> None:
         super().__init__(labels=labels)
-        self.db = OdooDatabase(
-            dsn=dsn,
-            who=self.name,
-            connect_timeout=connect_timeout,
-            statement_timeout_ms=statement_timeout_ms,
-        )
+        if dsn is None and rpc is None:
+            raise ConfigError(f"{self.name}: set dsn (the Odoo database) or rpc (its API)")
+        self.db = None
+        if dsn is not None:
+            self.db = OdooDatabase(
+                dsn=dsn,
+                who=self.name,
+                connect_timeout=connect_timeout,
+                statement_timeout_ms=statement_timeout_ms,
+            )
+        self.rpc = rpc
         self.cron_grace = timedelta(seconds=cron_grace_seconds)
         self.picking_grace = timedelta(seconds=picking_grace_seconds)
         self.first_window = timedelta(seconds=first_window_seconds)
@@ -221,8 +238,11 @@ class OdooCollector(Collector):
         """Read orders, pickings and crons in one read-only transaction.
 
         Raises:
-            SourceError: when the database cannot be read.
+            SourceError: when the database (or the API) cannot be read.
         """
+        if self.db is None:
+            return self._read_rpc(now)
+
         with self.db.transaction() as cursor:
             cursor.execute("SELECT (now() AT TIME ZONE 'UTC')::timestamp")
             db_now = cursor.fetchone()[0]
@@ -238,14 +258,37 @@ class OdooCollector(Collector):
         return readings
 
     def close(self) -> None:
-        """Close the database connection."""
-        self.db.close()
+        """Close the database connection or the API session."""
+        if self.db is not None:
+            self.db.close()
+        if self.rpc is not None:
+            self.rpc.close()
+
+    def _read_rpc(self, now: float) -> list[Reading]:
+        # Only reached without a database, so rpc is set (checked in __init__).
+        assert self.rpc is not None
+        end = datetime.fromtimestamp(now, UTC).replace(tzinfo=None) - self.settle
+        start = self.window[1] if self.window else end - self.first_window
+        if end <= start:
+            return []
+
+        readings = self._order_readings(self.rpc.order_totals(start, end), start, end)
+        self.window = (start, end)
+        return readings
+
+    def _columns(self, cursor: psycopg.Cursor, table: str) -> frozenset[str]:
+        # Only the database path reads tables, and it runs only when db is set.
+        assert self.db is not None
+        return self.db.columns(cursor, table)
 
     def _orders(self, cursor: psycopg.Cursor, start: datetime, end: datetime) -> list[Reading]:
         if end <= start:
             return []
         totals = self._pos_orders(cursor, start, end)
         totals.update(self._sale_orders(cursor, start, end))
+        return self._order_readings(totals, start, end)
+
+    def _order_readings(self, totals: dict, start: datetime, end: datetime) -> list[Reading]:
         for labels in self._seen_order_series - totals.keys():
             totals[labels] = (0, 0.0)
 
@@ -258,7 +301,7 @@ class OdooCollector(Collector):
         return readings
 
     def _pos_orders(self, cursor: psycopg.Cursor, start: datetime, end: datetime) -> dict:
-        if not self.db.columns(cursor, "pos_order"):
+        if not self._columns(cursor, "pos_order"):
             return {}
         # The store is the POS config behind the order's session (session_id is required).
         cursor.execute(
@@ -289,7 +332,7 @@ class OdooCollector(Collector):
         return totals
 
     def _sale_orders(self, cursor: psycopg.Cursor, start: datetime, end: datetime) -> dict:
-        columns = self.db.columns(cursor, "sale_order")
+        columns = self._columns(cursor, "sale_order")
         if not columns:
             return {}
         # website_sale adds website_id; without it every sale order is back office.
@@ -317,7 +360,7 @@ class OdooCollector(Collector):
     def _pickings(
         self, cursor: psycopg.Cursor, start: datetime, end: datetime, db_now: datetime
     ) -> list[Reading]:
-        if not self.db.columns(cursor, "stock_picking"):
+        if not self._columns(cursor, "stock_picking"):
             return []
         readings = self._picking_delays(cursor, start, end) if end > start else []
         cursor.execute(
@@ -365,7 +408,7 @@ class OdooCollector(Collector):
         return readings
 
     def _crons(self, cursor: psycopg.Cursor, db_now: datetime) -> list[Reading]:
-        columns = self.db.columns(cursor, "ir_cron")
+        columns = self._columns(cursor, "ir_cron")
         # 17.0 keeps finished crons active with numbercall = 0; they never run again.
         finished = " AND numbercall != 0" if "numbercall" in columns else ""
         failing = "NULL"
@@ -392,3 +435,187 @@ class OdooCollector(Collector):
 
 def _pos_key(company: str, store: str) -> tuple[tuple[str, str], ...]:
     return (("company", _label(company)), ("sales_channel", "pos"), ("store", _label(store)))
+
+
+class OdooRpc:
+    """Odoo's external API: legacy JSON-RPC (17.0/18.0) or JSON-2 (19.0).
+
+    JSON-RPC posts ``execute_kw`` to ``/jsonrpc`` with the user's uid (from ``common
+    login``) and API key in the arguments; JSON-2 posts named parameters to
+    ``/json/2/<model>/<method>`` with the key as a bearer token (REFERENCE.md section 6).
+
+    Args:
+        url: the Odoo base URL, e.g. ``https://shop.example.com``.
+        database: the database name (JSON-2 sends it as ``X-Odoo-Database``).
+        api_key: an API key of a user who may read orders (from the environment).
+        login: that user's login; JSON-RPC needs it to find the uid.
+        api: ``"jsonrpc"`` or ``"json2"``.
+        website: whether website_sale is installed, so orders split by ``website_id``.
+        timeout: seconds to wait for each request.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        database: str,
+        api_key: str,
+        login: str = "",
+        api: str = "jsonrpc",
+        website: bool = True,
+        timeout: float = 10.0,
+    ) -> None:
+        if api not in ("jsonrpc", "json2"):
+            raise ConfigError(f"odoo rpc: api is {api!r}; expected 'jsonrpc' or 'json2'")
+        if api == "jsonrpc" and not login:
+            raise ConfigError("odoo rpc: api 'jsonrpc' needs login (the API key's user)")
+        self.url, self.database, self.api = url.rstrip("/"), database, api
+        self.login, self.website, self.timeout = login, website, timeout
+        self._api_key = api_key
+        self._session = requests.Session()
+        self._uid: int | None = None
+        self._ids = itertools.count(1)
+
+    def order_totals(self, start: datetime, end: datetime) -> dict:
+        """Return ``{labels: (orders, revenue)}`` for POS and sale orders in ``(start, end]``.
+
+        Raises:
+            SourceError: when the API cannot be reached or answers with an error.
+        """
+        window = [
+            ["date_order", ">", _odoo_datetime(start)],
+            ["date_order", "<=", _odoo_datetime(end)],
+        ]
+        pos = self.grouped_totals(
+            "pos.order",
+            [*window, ["state", "in", list(POS_STATES)]],
+            ["company_id", "config_id"],
+        )
+        totals = {_pos_key(g["company_id"], g["config_id"]): (n, s) for g, n, s in pos}
+
+        groupby = ["company_id", "website_id"] if self.website else ["company_id"]
+        sales = self.grouped_totals(
+            "sale.order", [*window, ["state", "in", list(SALE_STATES)]], groupby
+        )
+        for group, count, revenue in sales:
+            channel = "website" if group.get("website_id") else "back_office"
+            key = (("company", _label(group["company_id"])), ("sales_channel", channel))
+            totals[key] = (count, revenue)
+        return totals
+
+    def grouped_totals(
+        self, model: str, domain: list, groupby: list[str]
+    ) -> list[tuple[dict[str, str], int, float]]:
+        """Count records and sum ``amount_total`` per group: ``(names, count, total)``."""
+        if self.api == "json2":
+            # 19.0 deprecates read_group for formatted_read_group and its aggregate specs.
+            rows = self._json2(
+                model,
+                "formatted_read_group",
+                domain=domain,
+                groupby=groupby,
+                aggregates=["__count", "amount_total:sum"],
+            )
+            total_key = "amount_total:sum"
+        else:
+            rows = self._execute_kw(
+                model, "read_group", [domain, ["amount_total:sum"], groupby], {"lazy": False}
+            )
+            total_key = "amount_total"
+        return [
+            (
+                {name: _group_name(row.get(name)) for name in groupby},
+                int(row["__count"]),
+                float(row.get(total_key) or 0.0),
+            )
+            for row in _rows(rows, self.url)
+        ]
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self._session.close()
+
+    def _execute_kw(self, model: str, method: str, args: list, kwargs: dict) -> Any:
+        if self._uid is None:
+            uid = self._jsonrpc("common", "login", [self.database, self.login, self._api_key])
+            if not isinstance(uid, int) or isinstance(uid, bool):
+                raise SourceError(
+                    "auth_failed",
+                    f"odoo rpc: {self.url}: login {self.login!r} refused; check the API key",
+                )
+            self._uid = uid
+        call = [self.database, self._uid, self._api_key, model, method, args, kwargs]
+        return self._jsonrpc("object", "execute_kw", call)
+
+    def _jsonrpc(self, service: str, method: str, args: list) -> Any:
+        body = {
+            "jsonrpc": "2.0",
+            "method": "call",
+            "id": next(self._ids),
+            "params": {"service": service, "method": method, "args": args},
+        }
+        answer = self._post(f"{self.url}/jsonrpc", body, {})
+        if "error" in answer:
+            # JSON-RPC answers HTTP 200 and puts the server exception under error.data.
+            data = answer["error"].get("data") or {}
+            raise _rpc_error(
+                self.url, data.get("name", ""), data.get("message", answer["error"])
+            )
+        return answer.get("result")
+
+    def _json2(self, model: str, method: str, **params: Any) -> Any:
+        headers = {"Authorization": f"bearer {self._api_key}", "X-Odoo-Database": self.database}
+        return self._post(f"{self.url}/json/2/{model}/{method}", params, headers)
+
+    def _post(self, url: str, body: dict, headers: dict[str, str]) -> Any:
+        try:
+            response = self._session.post(url, json=body, headers=headers, timeout=self.timeout)
+            answer = response.json()
+        except requests.Timeout as failure:
+            raise SourceError(
+                "timeout", f"odoo rpc: {url}: no answer in {self.timeout}s"
+            ) from failure
+        except requests.ConnectionError as failure:
+            raise SourceError(
+                "refused", f"odoo rpc: {url}: cannot connect: {failure}"
+            ) from failure
+        except requests.JSONDecodeError as failure:
+            raise SourceError(
+                "bad_response", f"odoo rpc: {url}: HTTP {response.status_code}, not JSON"
+            ) from failure
+        if response.status_code >= 400:
+            # JSON-2 errors: HTTP 4xx/5xx with {name, message, arguments, context, debug}.
+            details = answer if isinstance(answer, dict) else {}
+            name, message = details.get("name", ""), details.get("message", response.reason)
+            raise _rpc_error(url, name, message, response.status_code)
+        return answer
+
+
+def _odoo_datetime(value: datetime) -> str:
+    # Odoo domains compare Datetime fields with naive-UTC text in this format.
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _group_name(value: object) -> str:
+    # A many2one group is [id, display_name]; an empty one is False.
+    if isinstance(value, list) and len(value) == 2:
+        return str(value[1])
+    return "" if value in (None, False) else str(value)
+
+
+def _rows(rows: object, url: str) -> list[dict]:
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise SourceError("bad_response", f"odoo rpc: {url}: expected a list of groups")
+    return rows
+
+
+def _rpc_error(url: str, name: str, message: object, status: int = 200) -> SourceError:
+    if "AccessDenied" in name or status == 401:
+        code, fix = "auth_failed", "check the login and API key (keys expire after 3 months)"
+    elif "AccessError" in name or status == 403:
+        code, fix = "permission_denied", "give the API user read access to sales and POS"
+    else:
+        code, fix = "bad_response", "see the Odoo server log"
+    return SourceError(
+        code, f"odoo rpc: {url}: {name or 'HTTP ' + str(status)}: {message}; {fix}"
+    )

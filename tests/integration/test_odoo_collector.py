@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from collectors.base import Reading, TargetState, scrape
-from collectors.odoo import OdooCollector
+from collectors.odoo import POS_STATES, SALE_STATES, OdooCollector, OdooRpc
 from tests.services._support import free_port
 from tests.services.odoo_schema import OdooDb
-from tillwatch.errors import SourceError
+from tillwatch.errors import ConfigError, SourceError
 
 pytestmark = pytest.mark.integration
+
+CHECKED_SIGNALS = {
+    "kpi.orders_per_minute",
+    "kpi.revenue_per_minute",
+    "kpi.stock_sync_delay_seconds",
+    "kpi.stock_sync_delay_max_seconds",
+    "kpi.pickings_overdue",
+    "kpi.pickings_overdue_oldest_age_seconds",
+    "odoo.cron_overdue",
+    "odoo.cron_overdue_oldest_age_seconds",
+    "odoo.cron_failing",
+    "odoo.up",
+    "odoo.scrape_duration_seconds",
+}
+RPC_DATA = Path(__file__).parents[1] / "data" / "odoo_rpc"
 
 Build = Callable[..., OdooCollector]
 TARGET = {"service": "odoo", "instance": "shop-test"}
@@ -235,6 +256,7 @@ def test_scrape_reports_up_and_only_declared_signals(odoo_db: OdooDb, collector:
 
     samples = {s.signal: s for s in batch.samples()}
     assert samples["odoo.up"].value == 1.0
+    assert 0.0 < samples["odoo.scrape_duration_seconds"].value < 10.0
     assert set(samples) <= set(OdooCollector.declared())
     assert samples["kpi.orders_per_minute"].labels["instance"] == "shop-test"
 
@@ -265,3 +287,168 @@ def test_unreachable_database_is_up_zero_with_code_refused(
 
     assert {s.signal: s.value for s in batch.samples()}["odoo.up"] == 0.0
     assert state.error_code == "refused"
+
+
+class OdooApiDouble(ThreadingHTTPServer):
+    """A local HTTP server answering Odoo's documented API shapes from tests/data."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ApiHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.answers: dict[str, tuple[int, Any]] = {}
+        self.requests: list[tuple[str, dict[str, str], Any]] = []
+
+
+class _ApiHandler(BaseHTTPRequestHandler):
+    server: OdooApiDouble
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append((self.path, dict(self.headers), body))
+        if self.path == "/jsonrpc":
+            params = body["params"]
+            key = "login" if params["service"] == "common" else params["args"][3]
+        else:
+            key = self.path.split("/")[3]
+        status, answer = self.server.answers[key]
+        payload = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep the test output quiet."""
+
+
+@pytest.fixture
+def odoo_api() -> Iterator[OdooApiDouble]:
+    server = OdooApiDouble()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def recorded(name: str) -> dict[str, Any]:
+    return json.loads((RPC_DATA / f"{name}.json").read_text())
+
+
+def rpc_collector(rpc: OdooRpc, collector_list: list[OdooCollector]) -> OdooCollector:
+    collector_list.append(OdooCollector(labels=TARGET, rpc=rpc, first_window_seconds=60))
+    return collector_list[-1]
+
+
+@pytest.fixture
+def rpc_collectors() -> Iterator[list[OdooCollector]]:
+    built: list[OdooCollector] = []
+    yield built
+    for odoo in built:
+        odoo.close()
+
+
+def test_jsonrpc_orders_use_execute_kw_read_group(
+    odoo_api: OdooApiDouble, rpc_collectors: list[OdooCollector]
+) -> None:
+    shapes = recorded("jsonrpc")
+    odoo_api.answers = {key: (200, shapes[key]) for key in ("login", "pos.order", "sale.order")}
+    rpc = OdooRpc(url=odoo_api.url, database="shop", login="bot", api_key="k-123")
+
+    readings = list(rpc_collector(rpc, rpc_collectors).read(1_800_000_000.0))
+
+    orders = by_labels(readings, "kpi.orders_per_minute")
+    assert orders == {
+        pos("Shop EU", "Lyon"): 30.0,
+        pos("Shop UK", "Leeds"): 6.0,
+        channel("Shop EU", "website"): 10.0,
+        channel("Shop EU", "back_office"): 2.0,
+    }
+    assert by_labels(readings, "kpi.revenue_per_minute")[pos("Shop EU", "Lyon")] == 912.4
+
+    login, pos_call, sale_call = (body["params"] for _, _, body in odoo_api.requests)
+    assert (login["service"], login["method"], login["args"]) == (
+        "common",
+        "login",
+        ["shop", "bot", "k-123"],
+    )
+    db, uid, key, model, method, args, kwargs = pos_call["args"]
+    assert (pos_call["service"], pos_call["method"]) == ("object", "execute_kw")
+    assert (db, uid, key, model, method, kwargs) == (
+        "shop",
+        2,
+        "k-123",
+        "pos.order",
+        "read_group",
+        {"lazy": False},
+    )
+    domain, fields, groupby = args
+    # The window is the minute before the scrape time, in Odoo's naive-UTC text format.
+    assert domain == [
+        ["date_order", ">", "2027-01-15 07:59:00"],
+        ["date_order", "<=", "2027-01-15 08:00:00"],
+        ["state", "in", list(POS_STATES)],
+    ]
+    assert (fields, groupby) == (["amount_total:sum"], ["company_id", "config_id"])
+    assert sale_call["args"][5][0][2] == ["state", "in", list(SALE_STATES)]
+
+
+def test_json2_orders_use_bearer_key_and_formatted_read_group(
+    odoo_api: OdooApiDouble, rpc_collectors: list[OdooCollector]
+) -> None:
+    shapes = recorded("json2")
+    odoo_api.answers = {key: (200, shapes[key]) for key in ("pos.order", "sale.order")}
+    rpc = OdooRpc(url=odoo_api.url, database="shop", api_key="k-456", api="json2")
+
+    readings = list(rpc_collector(rpc, rpc_collectors).read(1_800_000_000.0))
+
+    assert by_labels(readings, "kpi.orders_per_minute") == {
+        pos("Shop EU", "Lyon"): 30.0,
+        channel("Shop EU", "website"): 10.0,
+        channel("Shop EU", "back_office"): 2.0,
+    }
+    path, headers, body = odoo_api.requests[0]
+    assert path == "/json/2/pos.order/formatted_read_group"
+    assert headers["Authorization"] == "bearer k-456"
+    assert headers["X-Odoo-Database"] == "shop"
+    assert body["groupby"] == ["company_id", "config_id"]
+    assert body["aggregates"] == ["__count", "amount_total:sum"]
+    assert body["domain"][2] == ["state", "in", list(POS_STATES)]
+
+
+@pytest.mark.parametrize(
+    ("api", "answers", "code"),
+    [
+        ("jsonrpc", {"login": (200, "login_refused")}, "auth_failed"),
+        ("jsonrpc", {"login": (200, "login"), "pos.order": (200, "access_error")},
+         "permission_denied"),
+        ("json2", {"pos.order": (401, "unauthorized")}, "auth_failed"),
+    ],
+)  # fmt: skip
+def test_api_errors_map_to_stable_codes(
+    odoo_api: OdooApiDouble, api: str, answers: dict[str, tuple[int, str]], code: str
+) -> None:
+    shapes = recorded(api)
+    odoo_api.answers = {key: (status, shapes[name]) for key, (status, name) in answers.items()}
+    rpc = OdooRpc(url=odoo_api.url, database="shop", login="bot", api_key="k", api=api)
+
+    with pytest.raises(SourceError) as failure:
+        rpc.order_totals(*_a_minute())
+    rpc.close()
+
+    assert failure.value.code == code
+    assert odoo_api.url in str(failure.value)
+
+
+def _a_minute() -> tuple[datetime, datetime]:
+    end = datetime(2027, 1, 15, 8, 0, 0)
+    return end - timedelta(minutes=1), end
+
+
+def test_collector_needs_a_database_or_an_api() -> None:
+    with pytest.raises(ConfigError, match="dsn"):
+        OdooCollector(labels=TARGET)
+    with pytest.raises(ConfigError, match="login"):
+        OdooRpc(url="http://127.0.0.1:1", database="shop", api_key="k")

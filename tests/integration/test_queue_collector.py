@@ -22,6 +22,18 @@ from tillwatch.errors import ConfigError
 
 pytestmark = pytest.mark.integration
 
+CHECKED_SIGNALS = {
+    "queue.depth",
+    "queue.oldest_pending_age_seconds",
+    "queue.stuck_jobs",
+    "queue.failed_jobs",
+    "queue.failed_per_minute",
+    "queue.redis_list_length",
+    "queue.consumer_lag_records",
+    "queue.up",
+    "queue.scrape_duration_seconds",
+}
+
 TARGET = {"service": "odoo-queue", "instance": "shop-test"}
 Build = Callable[..., QueueCollector]
 
@@ -214,14 +226,17 @@ def test_unreachable_targets_are_up_zero_with_code_refused(collector: Build) -> 
         assert state.error_code == "refused"
 
 
-def test_scrape_emits_only_declared_signals(odoo_db: OdooDb, collector: Build) -> None:
+def test_scrape_is_up_and_emits_only_declared_signals(
+    odoo_db: OdooDb, collector: Build
+) -> None:
     job(odoo_db, "root", "pending")
 
     batch = scrape(collector(odoo_dsn=odoo_db.ro_dsn), TargetState())
 
-    signals = {s.signal for s in batch.samples()}
-    assert {"queue.up", "queue.depth", "queue.oldest_pending_age_seconds"} <= signals
-    assert signals <= set(QueueCollector.declared())
+    values = {s.signal: s.value for s in batch.samples()}
+    assert values["queue.up"] == 1.0
+    assert 0.0 < values["queue.scrape_duration_seconds"] < 10.0
+    assert set(values) <= set(QueueCollector.declared())
 
 
 def test_a_collector_without_any_part_or_without_keys_is_a_config_error() -> None:

@@ -33,6 +33,7 @@ MAGIC = b"TWSB"
 VERSION = 1
 _HEADER = struct.Struct("<4sB3xIII")
 _CACHE_LIMIT = 200_000
+_DICTIONARY_CACHE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,9 @@ class Decoder:
 
     def __init__(self) -> None:
         self._known: dict[str, Series] = {}
+        # A collector sends the same dictionary scrape after scrape: remember whole
+        # dictionaries too, so a repeat costs one bytes hash instead of a lookup per key.
+        self._dictionaries: dict[bytes, tuple[list[Series], dict[int, InvalidSample]]] = {}
 
     def decode(self, message: bytes) -> Decoded:
         """Decode one message, splitting off invalid samples with their reason.
@@ -83,10 +87,20 @@ class Decoder:
         """
         n_series, n_samples, keys_blob, columns_at = _read_header(message)
         ts, value, series_ix = _read_columns(message, columns_at, n_samples)
-        series, bad_series = self._series(keys_blob, n_series)
+        series, bad_series = self._dictionary(keys_blob, n_series)
 
         batch = SampleBatch(series, series_ix, ts, value)
         return _split_invalid(batch, bad_series)
+
+    def _dictionary(
+        self, blob: bytes, count: int
+    ) -> tuple[list[Series], dict[int, InvalidSample]]:
+        known = self._dictionaries.get(blob)
+        if known is None:
+            if len(self._dictionaries) >= _DICTIONARY_CACHE:
+                self._dictionaries.clear()
+            known = self._dictionaries[blob] = self._series(blob, count)
+        return known
 
     def _series(self, blob: bytes, count: int) -> tuple[list[Series], dict[int, InvalidSample]]:
         keys = blob.decode("utf-8", errors="strict").split("\n") if count else []

@@ -763,17 +763,18 @@ def by_series(batches: Iterator[SampleBatch] | Sequence[SampleBatch]) -> dict[st
     Returns:
         Each series' canonical key mapped to its rows.
     """
-    keys, ts, values = [], [], []
+    index: dict[str, int] = {}
+    ids, ts, values = [], [], []
     for batch in batches:
-        names = np.array([s.key for s in batch.series], dtype=object)
-        keys.append(names[batch.series_ix])
+        local = np.array([index.setdefault(s.key, len(index)) for s in batch.series], np.int64)
+        ids.append(local[batch.series_ix])
         ts.append(batch.ts)
         values.append(batch.value)
-    if not keys:
+    if not index:
         return {}
 
-    key, when, value = np.concatenate(keys), np.concatenate(ts), np.concatenate(values)
-    order = np.lexsort((when, key))
-    key, rows = key[order], np.column_stack([when[order], value[order]])
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    return {key[s]: part for s, part in zip(starts, np.split(rows, starts[1:]), strict=True)}
+    series, when, value = np.concatenate(ids), np.concatenate(ts), np.concatenate(values)
+    order = np.lexsort((when, series))
+    bounds = np.searchsorted(series[order], np.arange(len(index) + 1))
+    rows = np.column_stack([when[order], value[order]])
+    return {key: rows[bounds[n] : bounds[n + 1]] for key, n in index.items()}

@@ -9,6 +9,9 @@ the database's own clock, ``now() AT TIME ZONE 'UTC'``, never on this host's.
 Rates cover the interval between the previous scrape's database time and this one's;
 the first scrape looks back ``first_window_seconds``. Which order states count, and
 why, is written in docs/collectors-odoo-queue.md.
+
+Where the database is out of reach, :class:`OdooRpc` reads the order KPIs through Odoo's
+external API instead (JSON-RPC on 17/18, JSON-2 on 19), on this host's clock.
 """
 
 from __future__ import annotations
@@ -152,7 +155,7 @@ class OdooDatabase:
     def _source_error(self, failure: psycopg.Error) -> SourceError:
         code = _error_code(failure)
         fixes = {
-            "auth_failed": "check the role, its password and pg_hba.conf",
+            "auth_failed": "check the role, database, password and pg_hba.conf",
             "refused": "check that PostgreSQL listens there",
             "timeout": "raise statement_timeout_ms or find the slow query in pg_stat_activity",
             "permission_denied": "GRANT SELECT on the Odoo tables to the read-only role",

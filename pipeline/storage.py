@@ -250,6 +250,9 @@ class FeedbackRecord:
 
 Record = TypeVar("Record", Anomaly, IncidentRecord, AlertRecord, FeedbackRecord)
 
+_LABELS = pa.map_(pa.string(), pa.string())
+_MILLIS = pa.timestamp("ms", tz="UTC")
+
 # Columns holding a time: Python floats (seconds) on our side, DateTime64 in ClickHouse.
 _TIME_COLUMNS = frozenset({"ts", "opened", "updated", "resolved"})
 
@@ -459,14 +462,18 @@ class Storage:
         if not new:
             return 0
 
-        when = _to_datetime(seen)
-        rows = [[s.id, s.signal, dict(s.labels), s.key, when] for s in new.values()]
+        # Arrow rather than row inserts: a first flush can bring tens of thousands of series.
+        columns = pa.table(
+            {
+                "series_id": pa.array(list(new), pa.uint64()),
+                "signal": [s.signal for s in new.values()],
+                "labels": pa.array([list(s.labels.items()) for s in new.values()], _LABELS),
+                "key": [s.key for s in new.values()],
+                "last_seen": pa.array([int(seen * 1000)] * len(new), _MILLIS),
+            }
+        )
         with _mapped_errors(self.target, "register series"):
-            self.client.insert(
-                f"{self.database}.series",
-                rows,
-                column_names=["series_id", "signal", "labels", "key", "last_seen"],
-            )
+            self.client.insert_arrow(f"{self.database}.series", columns)
         self._registered.update(new)
         return len(new)
 
@@ -660,7 +667,8 @@ _IN_RANGE = (
 
 _ROLLUP_SQL = """
 SELECT series_id,
-       toFloat64(toUnixTimestamp(toStartOfInterval(bucket, INTERVAL {{step:UInt32}} SECOND))) AS t,
+       toFloat64(toUnixTimestamp(
+           toStartOfInterval(bucket, INTERVAL {{step:UInt32}} SECOND))) AS t,
        sum(sum_value) / sum(samples) AS avg,
        min(min_value) AS min,
        max(max_value) AS max,
@@ -675,7 +683,8 @@ ORDER BY series_id, t
 
 _RAW_ROLLUP_SQL = """
 SELECT series_id,
-       toFloat64(toUnixTimestamp(toStartOfInterval(ts, INTERVAL {{step:UInt32}} SECOND))) AS t,
+       toFloat64(toUnixTimestamp(
+           toStartOfInterval(ts, INTERVAL {{step:UInt32}} SECOND))) AS t,
        avg(value) AS avg,
        min(value) AS min,
        max(value) AS max,
@@ -710,8 +719,8 @@ def _mapped_errors(target: Target, action: str) -> Iterator[None]:
     try:
         yield
     except ClickHouseError as error:
-        code = getattr(error, "code", None)
-        fix = _FIXES.get(code) or (_FIX_EMBEDDED if target.embedded else _FIX_SERVER)
+        code = getattr(error, "code", None) or 0
+        fix = _FIXES.get(int(code)) or (_FIX_EMBEDDED if target.embedded else _FIX_SERVER)
         text = str(error).strip()
         detail = text.splitlines()[0][:300] if text else type(error).__name__
         raise StorageError(

@@ -1,0 +1,158 @@
+"""Scoring detections against ground truth, on cases worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from estate.scoring import Detection, ExpectedIncident, format_score, score
+
+LAG = ExpectedIncident("lag", 1000, 2000, "postgres", "page")
+BACKUP = ExpectedIncident("backup", 5000, 9000, "pgbackrest", "ticket")
+PROMO = ExpectedIncident("promo", 20000, 30000, "odoo", "info", also_services=("traefik",))
+QUIET = ExpectedIncident("quiet", 40000, 50000, "odoo", "none")
+STARVED = ExpectedIncident("starved", 60000, 61000, "odoo", "page", also_services=("traefik",))
+EXPECTED = [LAG, BACKUP, PROMO, QUIET, STARVED]
+
+# Worked by hand with the default 900 s grace:
+#   LAG     <- 1300 ticket, 1600 page, 2800 page (inside grace): detected after 300 s, page
+#   3000 postgres page: past LAG's end + grace -> false alarm; 4000 redis page -> false alarm
+#   BACKUP  <- 5600 ticket: detected after 600 s, ticket as expected
+#   PROMO   <- 25000 traefik page: detected after 5000 s, but paged -> over-paged
+#   QUIET   <- 45000 odoo info: detected after 5000 s as info where none was expected
+#   STARVED <- nothing: missed
+# Pages 5, true 2 -> precision 40 %; paging incidents LAG and STARVED, LAG paged -> recall
+# 50 %; median time to detect over LAG, BACKUP, PROMO (QUIET expects none) = 600 s.
+DETECTIONS = [
+    Detection(1600, "postgres", "page", ref="p1"),
+    Detection(1300, "postgres", "ticket", ref="t1"),
+    Detection(2800, "postgres", "page", ref="p2"),
+    Detection(3000, "postgres", "page", ref="late"),
+    Detection(4000, "redis", "page", ref="stray"),
+    Detection(5600, "pgbackrest", "ticket", ref="t2"),
+    Detection(25000, "traefik", "page", ref="promo"),
+    Detection(45000, "odoo", "info", ref="i1"),
+]
+
+
+def _by_name(result, name):
+    return next(v for v in result.incidents if v.incident.name == name)
+
+
+def test_hand_worked_run():
+    result = score(EXPECTED, DETECTIONS)
+
+    lag = _by_name(result, "lag")
+    assert (lag.detected, lag.time_to_detect, lag.tier_given, lag.tier_ok) == (
+        True,
+        300,
+        "page",
+        True,
+    )
+    assert [d.ref for d in lag.alerts] == ["t1", "p1", "p2"]
+    backup = _by_name(result, "backup")
+    assert (backup.time_to_detect, backup.tier_given, backup.tier_ok) == (600, "ticket", True)
+    promo = _by_name(result, "promo")
+    assert (promo.time_to_detect, promo.tier_given, promo.tier_ok) == (5000, "page", False)
+    assert _by_name(result, "quiet").tier_given == "info"
+    starved = _by_name(result, "starved")
+    assert (starved.detected, starved.time_to_detect, starved.tier_given) == (
+        False,
+        None,
+        "none",
+    )
+
+    assert result.true_pages == 2
+    assert [d.ref for d in result.false_alarms] == ["late", "stray"]
+    assert [d.ref for d in result.over_paged] == ["promo"]
+    assert result.page_precision == pytest.approx(0.4)
+    assert result.page_recall == pytest.approx(0.5)
+    assert result.median_time_to_detect == 600
+    assert [d.ref for d in result.unmatched] == ["late", "stray"]
+
+
+def test_grace_decides_whether_a_late_page_still_counts():
+    strict = score([LAG], [Detection(2800, "postgres", "page")], grace=0)
+    lenient = score([LAG], [Detection(2800, "postgres", "page")], grace=900)
+
+    assert (strict.true_pages, len(strict.false_alarms), strict.page_recall) == (0, 1, 0.0)
+    assert (lenient.true_pages, len(lenient.false_alarms), lenient.page_recall) == (1, 0, 1.0)
+
+
+def test_an_alert_for_another_service_does_not_detect_the_incident():
+    result = score([LAG], [Detection(1500, "redis", "page")])
+
+    assert not result.incidents[0].detected
+    assert len(result.false_alarms) == 1 and result.page_precision == 0.0
+
+
+def test_an_accepted_other_service_counts_for_the_root_cause():
+    result = score([STARVED], [Detection(60120, "traefik", "page")])
+
+    assert result.incidents[0].time_to_detect == 120
+    assert (result.page_precision, result.page_recall) == (1.0, 1.0)
+
+
+def test_an_alert_already_firing_when_the_incident_starts_detects_it_at_once():
+    result = score([LAG], [Detection(700, "postgres", "ticket", end=1200)])
+
+    assert result.incidents[0].time_to_detect == 0
+    assert result.incidents[0].tier_given == "ticket"
+
+
+def test_an_alert_that_resolved_before_the_incident_does_not_count():
+    result = score([LAG], [Detection(300, "postgres", "page", end=900)])
+
+    assert not result.incidents[0].detected
+    assert len(result.false_alarms) == 1
+
+
+def test_an_alert_overlapping_two_incidents_goes_to_the_earliest():
+    first = ExpectedIncident("first", 1000, 2000, "odoo", "page")
+    second = ExpectedIncident("second", 1500, 3000, "odoo", "page")
+
+    result = score([second, first], [Detection(1700, "odoo", "page")])
+
+    assert _by_name(result, "first").detected
+    assert not _by_name(result, "second").detected
+    assert result.page_recall == 0.5
+
+
+def test_identical_alerts_are_each_counted():
+    page = Detection(1500, "postgres", "page")
+
+    result = score([LAG], [page, page])
+
+    assert result.true_pages == 2 and result.page_precision == 1.0
+
+
+def test_nothing_to_measure_gives_none_not_zero():
+    result = score([BACKUP], [])
+
+    assert (result.page_precision, result.page_recall, result.median_time_to_detect) == (
+        None,
+        None,
+        None,
+    )
+    assert "page precision: -" in format_score(result)
+
+
+def test_the_terminal_table_lists_each_incident_and_the_figures():
+    text = format_score(score(EXPECTED, DETECTIONS))
+    lines = text.splitlines()
+
+    assert lines[0].split() == [
+        "incident",
+        "service",
+        "expected",
+        "given",
+        "detected",
+        "time",
+        "to",
+        "detect",
+    ]
+    assert set(lines[1]) <= {"-", " "}
+    assert lines[2].split() == ["lag", "postgres", "page", "page", "yes", "5m00s"]
+    assert lines[4].split() == ["promo", "odoo", "info", "page", "!", "yes", "1h23m"]
+    assert lines[6].split() == ["starved", "odoo", "page", "none", "!", "no", "-"]
+    assert "pages: 2 true, 2 false alarms, 1 over-paged" in text
+    assert "page precision: 40%   page recall: 50%   median time to detect: 10m00s" in text

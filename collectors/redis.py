@@ -58,7 +58,7 @@ class RedisCollector(Collector):
         SignalSpec(
             "redis.memory_used_bytes", "By", "bytes Redis allocated", "redis_memory_used_bytes"
         ),
-        SignalSpec("redis.memory_used_ratio", "1", "used_memory / maxmemory, if maxmemory set"),
+        SignalSpec("redis.used_memory_ratio", "1", "used_memory / maxmemory, if maxmemory set"),
         SignalSpec(
             "redis.connected_clients", "1", "client connections", "redis_connected_clients"
         ),
@@ -156,7 +156,7 @@ class RedisCollector(Collector):
         # maxmemory 0 means "no limit": there is no ratio to report.
         maxmemory = float(info.get("maxmemory", 0))
         if maxmemory > 0:
-            yield Reading("redis.memory_used_ratio", float(info["used_memory"]) / maxmemory)
+            yield Reading("redis.used_memory_ratio", float(info["used_memory"]) / maxmemory)
 
     def _keyspace(self, info: Mapping[str, Any]) -> Iterator[Reading]:
         for name, stats in info.items():

@@ -46,29 +46,27 @@ Samples = Mapping[str, list[tuple[dict[str, str], float]]]
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Routers or services: Traefik's metric prefix and the labels that name one."""
+    """Routers or services: Traefik's metric prefix, the signal prefix, the naming labels."""
 
     metric: str
     signal: str
     keys: tuple[str, ...]
 
 
-SCOPES = (
-    Scope("traefik_router", "traefik.router", ("router", "service")),
-    Scope("traefik_service", "traefik.service", ("service",)),
-)
+# Routers are what a shop's URLs map to, so their signals take the short names.
+ROUTERS = Scope("traefik_router", "traefik.", ("router", "service"))
+SERVICES = Scope("traefik_service", "traefik.service_", ("service",))
+SCOPES = (ROUTERS, SERVICES)
 
 
-def _scope_signals(scope: str, what: str) -> tuple[SignalSpec, ...]:
+def _scope_signals(scope: Scope, what: str) -> tuple[SignalSpec, ...]:
     specs = [
-        SignalSpec(f"traefik.{scope}_requests_per_second", "1/s", f"requests per {what} per s"),
-        SignalSpec(
-            f"traefik.{scope}_server_error_ratio", "1", f"share of 5xx responses per {what}"
-        ),
+        SignalSpec(f"{scope.signal}requests_per_second", "1/s", f"requests per {what} per s"),
+        SignalSpec(f"{scope.signal}server_error_ratio", "1", f"5xx share of requests, {what}"),
     ]
     for name, q in QUANTILES.items():
         help_text = f"latency quantile {q:g} per {what}, estimated from histogram buckets"
-        specs.append(SignalSpec(f"traefik.{scope}_latency_{name}_seconds", "s", help_text))
+        specs.append(SignalSpec(f"{scope.signal}latency_{name}_seconds", "s", help_text))
     return tuple(specs)
 
 
@@ -85,8 +83,8 @@ class TraefikCollector(Collector):
 
     source = "traefik"
     signals = (
-        *_scope_signals("router", "router"),
-        *_scope_signals("service", "service"),
+        *_scope_signals(ROUTERS, "router"),
+        *_scope_signals(SERVICES, "service"),
         SignalSpec("traefik.entrypoint_open_connections", "1", "open connections per entry"),
         SignalSpec("traefik.tls_cert_expiry_days", "d", "days until a certificate expires"),
         SignalSpec("traefik.path_requests_per_second", "1/s", "access-log requests per path"),
@@ -164,7 +162,7 @@ class TraefikCollector(Collector):
             yield Reading("traefik.entrypoint_open_connections", total, labels)
 
         for labels, not_after in samples.get("traefik_tls_certs_not_after", ()):
-            cert = {"cn": labels.get("cn", ""), "serial": labels.get("serial", "")}
+            cert = {"domain": _domain(labels), "serial": labels.get("serial", "")}
             days_left = (not_after - now) / SECONDS_PER_DAY
             yield Reading("traefik.tls_cert_expiry_days", days_left, cert)
 
@@ -179,6 +177,11 @@ class TraefikCollector(Collector):
         for scope in SCOPES:
             yield from _requests(scope, samples, increases, seconds)
             yield from _latencies(scope, samples, increases)
+
+
+def _domain(labels: Mapping[str, str]) -> str:
+    # Certificates without a common name still carry their names in the SANs.
+    return labels.get("cn") or labels.get("sans", "").split(",")[0]
 
 
 def _counters(samples: Samples) -> dict[SeriesKey, float]:
@@ -213,10 +216,10 @@ def _requests(
 
     for group, (total, errors) in sorted(totals.items()):
         labels = dict(zip(scope.keys, group, strict=True))
-        yield Reading(f"{scope.signal}_requests_per_second", total / seconds, labels)
+        yield Reading(f"{scope.signal}requests_per_second", total / seconds, labels)
         # No requests, no ratio: 0 would claim every request succeeded.
         if total > 0:
-            yield Reading(f"{scope.signal}_server_error_ratio", errors / total, labels)
+            yield Reading(f"{scope.signal}server_error_ratio", errors / total, labels)
 
 
 def _latencies(scope: Scope, samples: Samples, increases: Counts) -> Iterator[Reading]:
@@ -232,7 +235,7 @@ def _latencies(scope: Scope, samples: Samples, increases: Counts) -> Iterator[Re
         for quantile_name, q in QUANTILES.items():
             value = histogram_quantile(q, counts)
             if value is not None:
-                yield Reading(f"{scope.signal}_latency_{quantile_name}_seconds", value, labels)
+                yield Reading(f"{scope.signal}latency_{quantile_name}_seconds", value, labels)
 
 
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:

@@ -36,7 +36,7 @@ CHECKED_SIGNALS = {
     "redis.expired_keys_per_second",
     "redis.commands_per_second",
     "redis.memory_used_bytes",
-    "redis.memory_used_ratio",
+    "redis.used_memory_ratio",
     "redis.connected_clients",
     "redis.blocked_clients",
     "redis.db_keys",
@@ -123,7 +123,7 @@ def test_gauges_follow_the_server(client, collector, redis_server):
     assert value(batch, "redis.connected_clients") == 3.0  # test, blocker, collector
     used = client.info("memory")["used_memory"]
     assert value(batch, "redis.memory_used_bytes") == pytest.approx(used, rel=0.2)
-    assert value(batch, "redis.memory_used_ratio") is None, "maxmemory 0 is unlimited"
+    assert value(batch, "redis.used_memory_ratio") is None, "maxmemory 0 is unlimited"
 
     client.lpush("jobs", "release")
     waiting.join(timeout=10)
@@ -145,7 +145,7 @@ def test_evictions_and_memory_ratio_under_a_small_maxmemory(client, collector):
     evicted = client.info("stats")["evicted_keys"]
     assert evicted > 0
     assert value(batch, "redis.evictions_per_second") == evicted / 5
-    assert 0.5 < value(batch, "redis.memory_used_ratio") <= 1.1
+    assert 0.5 < value(batch, "redis.used_memory_ratio") <= 1.1
 
 
 def test_expired_keys_rate(client, collector):

@@ -32,11 +32,11 @@ SERVICE = {"service": "backend@file"}
 CHECKED_SIGNALS = {
     "traefik.up",
     "traefik.scrape_duration_seconds",
-    "traefik.router_requests_per_second",
-    "traefik.router_server_error_ratio",
-    "traefik.router_latency_p50_seconds",
-    "traefik.router_latency_p95_seconds",
-    "traefik.router_latency_p99_seconds",
+    "traefik.requests_per_second",
+    "traefik.server_error_ratio",
+    "traefik.latency_p50_seconds",
+    "traefik.latency_p95_seconds",
+    "traefik.latency_p99_seconds",
     "traefik.service_requests_per_second",
     "traefik.service_server_error_ratio",
     "traefik.service_latency_p50_seconds",
@@ -77,22 +77,22 @@ def test_latency_quantiles_fall_in_the_bucket_of_the_set_latency(traefik, backen
     collector, state, t0 = collector_for(traefik), TargetState(), time.time()
     first = scrape(collector, state, now=t0)
     assert value(first, "traefik.up") == 1.0
-    assert value(first, "traefik.router_latency_p95_seconds", **SHOP) is None
+    assert value(first, "traefik.latency_p95_seconds", **SHOP) is None
 
     backend.set(delay=0.2)
     assert send(traefik, "/shop/cart", 20) == [200] * 20
     batch = scrape(collector, state, now=t0 + 10)
 
-    assert value(batch, "traefik.router_requests_per_second", **SHOP) == 2.0
+    assert value(batch, "traefik.requests_per_second", **SHOP) == 2.0
     assert value(batch, "traefik.service_requests_per_second", **SERVICE) == 2.0
     # Every request took 0.2 s plus proxying: (0.2, 0.25], or the next bucket on a busy
     # machine; the median is in the first.
-    for scope, labels in (("router", SHOP), ("service", SERVICE)):
-        median = value(batch, f"traefik.{scope}_latency_p50_seconds", **labels)
-        assert 0.2 <= median <= 0.25, (scope, median)
+    for prefix, labels in (("traefik.", SHOP), ("traefik.service_", SERVICE)):
+        median = value(batch, f"{prefix}latency_p50_seconds", **labels)
+        assert 0.2 <= median <= 0.25, (prefix, median)
         for quantile in ("p95", "p99"):
-            estimate = value(batch, f"traefik.{scope}_latency_{quantile}_seconds", **labels)
-            assert 0.2 <= estimate <= 0.3, (scope, quantile, estimate)
+            estimate = value(batch, f"{prefix}latency_{quantile}_seconds", **labels)
+            assert 0.2 <= estimate <= 0.3, (prefix, quantile, estimate)
     assert value(batch, "traefik.scrape_duration_seconds") > 0
 
 
@@ -108,12 +108,12 @@ def test_server_error_ratio_counts_a_new_500_series_from_zero(traefik, backend):
     assert send(traefik, "/shop/cart", 14) == [200] * 14
     batch = scrape(collector, state, now=t0 + 4)
 
-    assert value(batch, "traefik.router_server_error_ratio", **SHOP) == pytest.approx(0.3)
+    assert value(batch, "traefik.server_error_ratio", **SHOP) == pytest.approx(0.3)
     assert value(batch, "traefik.service_server_error_ratio", **SERVICE) == pytest.approx(0.3)
-    assert value(batch, "traefik.router_requests_per_second", **SHOP) == 5.0
+    assert value(batch, "traefik.requests_per_second", **SHOP) == 5.0
     # The checkout router saw nothing: a zero rate, and no ratio rather than a false 0.
-    assert value(batch, "traefik.router_requests_per_second", **CHECKOUT) == 0.0
-    assert value(batch, "traefik.router_server_error_ratio", **CHECKOUT) is None
+    assert value(batch, "traefik.requests_per_second", **CHECKOUT) == 0.0
+    assert value(batch, "traefik.server_error_ratio", **CHECKOUT) is None
 
 
 @pytest.mark.integration
@@ -127,7 +127,7 @@ def test_open_connections_and_certificate_expiry(traefik, backend):
     assert value(batch, "traefik.entrypoint_open_connections", entrypoint="web") >= 1.0
     assert value(batch, "traefik.entrypoint_open_connections", entrypoint="websecure") == 0.0
     # The fixture's certificate was made for 30 days.
-    days = value(batch, "traefik.tls_cert_expiry_days", cn="shop.test")
+    days = value(batch, "traefik.tls_cert_expiry_days", domain="shop.test")
     assert 29.9 < days <= 30.0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -15,8 +16,10 @@ from tillwatch.sample import SampleBatch, Series
 
 pytestmark = pytest.mark.integration
 
-T0 = 1_796_313_600.0  # 2026-12-03T00:00:00Z, inside the 30-day TTL of the clock below
-NOW = T0 + 3600.0
+# ClickHouse applies the TTL against its own clock, so the data must be recent: a whole
+# hour a day ago, so that hand-computed buckets stay aligned.
+T0 = (time.time() // 3600 - 24) * 3600
+NOW = T0 + 3600.0  # the sink's clock, for its own count of expired rows
 DAY = 86_400.0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import numpy as np
@@ -22,9 +23,9 @@ from tillwatch.sample import SampleBatch, Series
 
 pytestmark = pytest.mark.integration
 
-# A fixed moment aligned to an hour, recent enough that the 30-day TTL keeps it:
-# tests compare against hand-computed buckets, so no wall clock in the data.
-T0 = 1_796_313_600.0  # 2026-12-03T00:00:00Z
+# ClickHouse applies the TTL against its own clock, so the data must be recent: a whole
+# hour a day ago, so that hand-computed buckets stay aligned.
+T0 = (time.time() // 3600 - 24) * 3600
 
 
 def _known_batch() -> tuple[list[Series], SampleBatch]:

@@ -72,6 +72,14 @@ def target_of(dsn: str) -> str:
     return f"{host}:{parts.get('port') or 5432}/{parts.get('dbname', '?')}"
 
 
+def first_row(cursor: psycopg.Cursor) -> tuple:
+    """Return the one row an aggregate query always returns."""
+    row = cursor.fetchone()
+    if row is None:
+        raise SourceError("bad_response", "odoo collector: an aggregate query returned no row")
+    return row
+
+
 def _label(value: object) -> str:
     return str(value)[:MAX_LABEL_VALUE_LENGTH]
 
@@ -128,6 +136,12 @@ class OdooDatabase:
             )
             self._columns[table] = frozenset(row[0] for row in cursor.fetchall())
         return self._columns[table]
+
+    @staticmethod
+    def utc_now(cursor: psycopg.Cursor) -> datetime:
+        """Return the database's now in naive UTC, the form of Odoo's datetime columns."""
+        cursor.execute("SELECT (now() AT TIME ZONE 'UTC')::timestamp")
+        return first_row(cursor)[0]
 
     def close(self) -> None:
         """Close the connection; the next transaction opens a new one."""
@@ -247,8 +261,7 @@ class OdooCollector(Collector):
             return self._read_rpc(now)
 
         with self.db.transaction() as cursor:
-            cursor.execute("SELECT (now() AT TIME ZONE 'UTC')::timestamp")
-            db_now = cursor.fetchone()[0]
+            db_now = self.db.utc_now(cursor)
             end = db_now - self.settle
             start = self.window[1] if self.window else end - self.first_window
             readings = [
@@ -426,7 +439,7 @@ class OdooCollector(Collector):
             """,
             (db_now - self.cron_grace, db_now, db_now - self.cron_grace),
         )
-        overdue, oldest, failures = cursor.fetchone()
+        overdue, oldest, failures = first_row(cursor)
         readings = [
             Reading("odoo.cron_overdue", float(overdue)),
             Reading("odoo.cron_overdue_oldest_age_seconds", _seconds(oldest)),

@@ -154,8 +154,7 @@ class QueueJobPart:
     def read(self) -> list[Reading]:
         """Read depth, ages, stuck and failed jobs in one read-only transaction."""
         with self.db.transaction() as cursor:
-            cursor.execute("SELECT (now() AT TIME ZONE 'UTC')::timestamp")
-            db_now = cursor.fetchone()[0]
+            db_now = self.db.utc_now(cursor)
             depth = self._depth(cursor)
             oldest = self._oldest_pending(cursor, db_now)
             stuck = self._stuck(cursor, db_now)

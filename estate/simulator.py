@@ -21,7 +21,7 @@ with ``(seed, day)``, so a run is the same for a seed whatever the chunk size.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -285,6 +285,14 @@ class _Carry:
     backup_status: float
 
 
+_OPS: dict[str, Callable[[np.ndarray, float, np.ndarray], np.ndarray]] = {
+    "multiply": lambda block, value, progress: block * value,
+    "add": lambda block, value, progress: block + value,
+    "set": lambda block, value, progress: np.full_like(block, value),
+    "ramp": lambda block, value, progress: block + progress[:, None] * value,
+}
+
+
 class _Day:
     """The columns of one simulated day, with the effects applied as they are computed."""
 
@@ -311,17 +319,9 @@ class _Day:
             rows = (self.t >= effect.start) & (self.t < effect.end)
             if not rows.any():
                 continue
+            progress = (self.t[rows] - effect.start) / (effect.end - effect.start)
             block = values[np.ix_(rows, columns)]
-            if effect.op == "multiply":
-                block = block * effect.value
-            elif effect.op == "add":
-                block = block + effect.value
-            elif effect.op == "set":
-                block = np.full_like(block, effect.value)
-            else:
-                elapsed = (self.t[rows] - effect.start) / (effect.end - effect.start)
-                block = block + (elapsed * effect.value)[:, None]
-            values[np.ix_(rows, columns)] = block
+            values[np.ix_(rows, columns)] = _OPS[effect.op](block, effect.value, progress)
         self.values[name] = values
         return values
 
@@ -417,6 +417,10 @@ class Simulator:
             )
         if effect.end <= effect.start:
             raise SimulatorError(f"effect on {effect.target}: end must come after start")
+        if effect.op not in _OPS:
+            raise SimulatorError(
+                f"effect on {effect.target}: op {effect.op!r} is not one of {sorted(_OPS)}"
+            )
         self._effects.setdefault(effect.target, []).append((effect, np.asarray(columns)))
 
     def effects_on(self, name: str) -> list[tuple[Effect, np.ndarray]]:
@@ -443,7 +447,7 @@ class Simulator:
         carry = self._initial_carry()
         for day_ix in range(int(np.ceil(duration / DAY))):
             day = _Day(self, day_ix)
-            carry = simulate_day(day, self.estate, carry)
+            carry = _simulate_day(day, self.estate, carry)
             yield from self._batches(day, end, chunk_steps)
 
     def _initial_carry(self) -> _Carry:
@@ -494,7 +498,7 @@ _WEEKDAY_FACTOR = {
 }
 
 
-def simulate_day(day: _Day, estate: Estate, carry: _Carry) -> _Carry:
+def _simulate_day(day: _Day, estate: Estate, carry: _Carry) -> _Carry:
     """Compute every signal of one day into ``day.values``; return the next day's carry."""
     demand = _demand(day, estate)
     load = _traefik_requests(day, estate, demand)

@@ -227,16 +227,16 @@ def _requests(
     totals: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
     for labels, _ in samples.get(name, ()):
         step = increases[(name, tuple(sorted(labels.items())))]
-        group = totals[tuple(labels.get(k, "") for k in scope.keys)]
-        group[0] += step
-        group[1] += step if labels.get("code", "").startswith("5") else 0.0
+        counts = totals[tuple(labels.get(k, "") for k in scope.keys)]
+        counts[0] += step
+        counts[1] += step if labels.get("code", "").startswith("5") else 0.0
 
     for group, (total, errors) in sorted(totals.items()):
-        labels = dict(zip(scope.keys, group, strict=True))
-        yield Reading(f"{scope.signal}requests_per_second", total / seconds, labels)
+        named = dict(zip(scope.keys, group, strict=True))
+        yield Reading(f"{scope.signal}requests_per_second", total / seconds, named)
         # No requests, no ratio: 0 would claim every request succeeded.
         if total > 0:
-            yield Reading(f"{scope.signal}server_error_ratio", errors / total, labels)
+            yield Reading(f"{scope.signal}server_error_ratio", errors / total, named)
 
 
 def _latencies(scope: Scope, samples: Samples, increases: Counts) -> Iterator[Reading]:
@@ -248,11 +248,11 @@ def _latencies(scope: Scope, samples: Samples, increases: Counts) -> Iterator[Re
         buckets[tuple(labels.get(k, "") for k in scope.keys)][float(labels["le"])] += step
 
     for group, counts in sorted(buckets.items()):
-        labels = dict(zip(scope.keys, group, strict=True))
+        named = dict(zip(scope.keys, group, strict=True))
         for quantile_name, q in QUANTILES.items():
             value = histogram_quantile(q, counts)
             if value is not None:
-                yield Reading(f"{scope.signal}latency_{quantile_name}_seconds", value, labels)
+                yield Reading(f"{scope.signal}latency_{quantile_name}_seconds", value, named)
 
 
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:

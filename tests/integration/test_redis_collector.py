@@ -274,7 +274,9 @@ def _ups(batches: list[SampleBatch], target: RedisCollector) -> list[float]:
 
 def test_exporter_serves_redis_exporter_names(client, collector):
     client.set("basket:1", "3 items")
-    exporter, state, t0 = LatestValues(), TargetState(), time.time()
+    clock = [time.time()]
+    exporter = LatestValues(max_age=60, clock=lambda: clock[0])
+    state, t0 = TargetState(), clock[0]
     exporter.update(scrape(collector, state, now=t0))
     lookups(client, hits=3, misses=1)
     exporter.update(scrape(collector, state, now=t0 + 10))
@@ -287,3 +289,6 @@ def test_exporter_serves_redis_exporter_names(client, collector):
     assert served["tillwatch_redis_hit_ratio"].value == 0.75
     assert served["redis_db_keys"].labels == {**collector.labels, "db": "db0"}
     assert served["redis_connected_clients"].value >= 2
+
+    clock[0] = t0 + 10 + 61  # the target went away: its series are no longer served
+    assert "redis_up" not in generate_latest(registry).decode()

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 from collectors.base import Collector, TargetState, scrape
-from tillwatch.errors import SourceError
+from tillwatch.errors import SourceError, TillwatchError
 from tillwatch.sample import BatchBuilder, SampleBatch
 from tillwatch.telemetry import SCRAPE_ERRORS, SCRAPE_SECONDS
 
@@ -184,7 +184,7 @@ class Scheduler:
             job, batch = self._finished.get_nowait()
             job.running = False
             if not job.timed_out:
-                self.on_batch(batch)
+                self._deliver(batch)
             done.append(job)
         return done
 
@@ -204,7 +204,14 @@ class Scheduler:
         )
         job.state.record(job.collector, SourceError("timeout", message))
         SCRAPE_ERRORS.labels(job.collector.source, "timeout").inc()
-        self.on_batch(failure_batch(job.collector, time.time(), elapsed))
+        self._deliver(failure_batch(job.collector, time.time(), elapsed))
+
+    def _deliver(self, batch: SampleBatch) -> None:
+        try:
+            self.on_batch(batch)
+        except TillwatchError as failure:
+            # A full or failing stream loses this batch, not the scheduler thread.
+            log.warning("dropped a batch of %d samples: %s", len(batch), failure)
 
 
 def failure_batch(collector: Collector, now: float, duration: float) -> SampleBatch:

@@ -17,6 +17,8 @@ from prometheus_client import REGISTRY
 from collectors.base import Collector, Reading, SignalSpec
 from collectors.scheduler import Job, Scheduler, jitter, target_name
 from tests.services._support import wait_until
+from tillwatch.errors import StreamFull
+from tillwatch.sample import SampleBatch
 
 
 class Steady(Collector):
@@ -193,3 +195,20 @@ def test_each_target_keeps_its_interval(interval):
     gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False)]
     assert min(gaps) > interval * 0.5, gaps
     assert sorted(gaps)[len(gaps) // 2] == pytest.approx(interval, rel=0.5)
+
+
+def test_a_failing_callback_loses_its_batch_not_the_scheduler(caplog):
+    steady, delivered = Steady(labels={"instance": "full-stream"}), Batches()
+
+    def publish(batch: SampleBatch) -> None:
+        delivered.append(batch)
+        if len(delivered) == 1:
+            raise StreamFull("samples topic: buffer stayed full for 5 s")
+
+    scheduler = Scheduler([(steady, 0.02)], on_batch=publish)
+    scheduler.start()
+    try:
+        wait_until(lambda: len(delivered) >= 3, "batches after the failed publish")
+    finally:
+        scheduler.stop()
+    assert "buffer stayed full" in caplog.text

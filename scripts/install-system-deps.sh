@@ -11,6 +11,7 @@ packages=(
     prometheus-alertmanager  # alertmanager + amtool
     prometheus            # promtool, prometheus
     docker-compose        # `docker-compose config` checks compose.yaml
+    openssl               # self-signed certificate for the traefik fixture
 )
 
 missing=()

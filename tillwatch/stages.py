@@ -27,7 +27,7 @@ from collectors.base import Collector
 from collectors.registry import COLLECTORS
 from collectors.scheduler import Scheduler
 from pipeline.codec import Decoder, encode
-from pipeline.deadletter import decode_samples, deadletter_record
+from pipeline.deadletter import deadletter_record, decode_samples
 from pipeline.sink import Sink
 from pipeline.storage import Storage
 from pipeline.stream import (
@@ -240,11 +240,14 @@ class DetectorStage(ConsumingStage):
 
     def __init__(self, resources: Resources) -> None:
         super().__init__(resources)
-        from detectors.stage import SeriesDetectors
+        # Imported here: the ensemble pulls in scikit-learn, which other roles never need.
+        from detectors import stage as detection
 
         self.decoder = Decoder()
         self.state_path = resources.settings.data_dir / "detector-state.npz"
-        self.detectors = SeriesDetectors.restore(self.state_path)
+        self.detectors = detection.DetectorStage()
+        if self.state_path.exists():
+            self.detectors.restore(self.state_path)
         self.storage = resources.storage()
 
     def handle(self, records: list[Record]) -> None:

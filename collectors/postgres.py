@@ -144,8 +144,8 @@ class PostgresCollector(Collector):
         SignalSpec("postgres.apply_backlog_bytes", "By",
                    "replica: WAL received but not yet replayed"),
         SignalSpec("postgres.wal_receiver_streaming", "1",
-                   "replica: 1 if the WAL receiver is streaming, else 0",
-                   "pg_stat_wal_receiver_* (status label)"),
+                   "replica: 1 if the WAL receiver is streaming, else 0 (postgres_exporter: "
+                   "the status label of pg_stat_wal_receiver_*, collector off by default)"),
         SignalSpec("postgres.connections", "1", "client backends connected",
                    "pg_stat_activity_count"),
         SignalSpec("postgres.connections_used_ratio", "1",
@@ -281,7 +281,7 @@ class PostgresCollector(Collector):
                     f"postgres collector: {self.address} as {self.role} cannot see "
                     f"pg_stat_replication details; {FIXES['permission_denied']}",
                 )
-            yield from _sender_lag(name, lag_bytes, lag_seconds)
+            yield from sender_lag(name, lag_bytes, lag_seconds)
 
         for name in sorted(set(names) | set(self.expected_replicas)):
             connected = 1.0 if name in names else 0.0
@@ -305,9 +305,10 @@ class PostgresCollector(Collector):
             yield Reading("postgres.apply_backlog_bytes", max(0.0, float(backlog)))
 
 
-def _sender_lag(
+def sender_lag(
     name: str, lag_bytes: float | None, lag_seconds: float | None
 ) -> Iterator[Reading]:
+    """Readings for one WAL sender's lag: bytes when known, seconds only when meaningful."""
     labels = {"replica": name}
     # replay_lsn is NULL while a standby is still starting to stream: no lag to report yet.
     if lag_bytes is None:

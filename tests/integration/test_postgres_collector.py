@@ -11,13 +11,32 @@ import psycopg
 import pytest
 
 from collectors.base import TargetState, scrape
-from collectors.postgres import PostgresCollector
+from collectors.postgres import PostgresCollector, sender_lag
 from tests.services._support import wait_until
 from tests.services.postgres import PASSWORD, PASSWORD_ROLE, PgCluster, PgNode, database_name
 from tillwatch.errors import ConfigError
 from tillwatch.sample import SampleBatch
 
 pytestmark = pytest.mark.integration
+
+CHECKED_SIGNALS = {
+    "postgres.up",
+    "postgres.scrape_duration_seconds",
+    "postgres.in_recovery",
+    "postgres.replicas_connected",
+    "postgres.replica_connected",
+    "postgres.replica_lag_bytes",
+    "postgres.replica_lag_seconds",
+    "postgres.replication_lag_seconds",
+    "postgres.apply_backlog_bytes",
+    "postgres.wal_receiver_streaming",
+    "postgres.connections",
+    "postgres.connections_used_ratio",
+    "postgres.commits_per_second",
+    "postgres.deadlocks_per_second",
+    "postgres.database_size_bytes",
+    "postgres.oldest_transaction_age_seconds",
+}
 
 
 def values(batch: SampleBatch, signal: str, **labels: str) -> list[float]:
@@ -72,6 +91,7 @@ def test_primary_reports_its_replica_and_node_signals(pg_cluster: PgCluster, wat
     batch = watch(pg_cluster.primary).scrape()
 
     assert value(batch, "postgres.up") == 1.0
+    assert 0.0 <= value(batch, "postgres.scrape_duration_seconds") < 5.0
     assert value(batch, "postgres.in_recovery") == 0.0
     assert value(batch, "postgres.replicas_connected") == 1.0
     assert value(batch, "postgres.replica_connected", replica="replica") == 1.0
@@ -114,8 +134,19 @@ def test_lag_rises_while_replay_is_paused_and_returns_to_zero(
             wait_until(lambda: _backlog(replica.scrape()) > 0, "WAL received but not replayed")
             assert value(replica.scrape(), "postgres.replication_lag_seconds") > 0.0
 
-        wait_until(lambda: _lag_bytes(primary.scrape()) == 0.0, "replica lag back to 0 bytes")
+        batches: list[SampleBatch] = []
+        wait_until(lambda: _lag_bytes(_keep(batches, primary.scrape())) == 0.0, "lag 0 bytes")
         wait_until(lambda: _backlog(replica.scrape()) == 0.0, "replica apply backlog drained")
+
+    # Caught up: replay_lag is either the last measurement, short here, or NULL read as 0.
+    assert 0.0 <= value(batches[-1], "postgres.replica_lag_seconds", replica="replica") < 30.0
+
+
+def test_unmeasured_replay_lag_is_zero_only_when_no_bytes_are_outstanding() -> None:
+    assert [r.value for r in sender_lag("r1", 0.0, None)] == [0.0, 0.0]
+    behind = list(sender_lag("r1", 8192.0, None))
+    assert [(r.signal, r.value) for r in behind] == [("postgres.replica_lag_bytes", 8192.0)]
+    assert list(sender_lag("r1", None, None)) == []
 
 
 def test_stopped_replica_is_gone_not_lag_free(pg_cluster: PgCluster, watch) -> None:

@@ -274,9 +274,13 @@ class NotifierStage(ConsumingStage):
     role, topic, group = "notifier", TOPIC_ANOMALIES, "tillwatch-notifier"
 
     def __init__(self, resources: Resources, clock: Callable[[], float] | None = None) -> None:
+        """Args:
+        resources: the process's shared resources.
+        clock: incident time; sample time in a replay. Alertmanager always gets wall time.
+        """
         super().__init__(resources)
         self.clock = clock or resources.clock
-        self.alerting = Alerting.from_settings(resources.settings, self.clock)
+        self.alerting = Alerting.from_settings(resources.settings)
 
     def handle(self, records: list[Record]) -> None:
         anomalies = []
@@ -308,14 +312,13 @@ class Alerting:
     events: list[AlertEvent] = field(default_factory=list)
 
     @classmethod
-    def from_settings(cls, settings: Settings, clock: Callable[[], float]) -> Alerting:
+    def from_settings(cls, settings: Settings) -> Alerting:
         config = settings.alerts
         notifier = AlertmanagerNotifier(
             config.effective_alertmanager_url(),
             journal=config.jsonl_path,
             runbook_base_url=config.runbook_base_url,
             dashboard_base_url=config.dashboard_base_url,
-            clock=clock,
         )
         return cls(IncidentBuilder(), TierTracker(), notifier)
 

@@ -134,7 +134,7 @@ class BackupCollector(Collector):
                    "newest archived WAL segment, numbered by WAL position"),
         SignalSpec("backup.wal_archive_stalled_seconds", "s",
                    "seconds since the newest archived WAL segment last changed, counted "
-                   "from the collector's first scrape", "pgbackrest_wal_archive_status"),
+                   "from the collector's first scrape"),
         SignalSpec("backup.stale", "1", "1 if the newest backup is older than the RPO"),
     )
 

@@ -6,6 +6,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -219,7 +220,7 @@ def test_oldest_transaction_age_follows_an_open_transaction(
 ) -> None:
     target = watch(pg_cluster.primary)
     with psycopg.connect(pg_database) as conn:
-        began = conn.execute("SELECT now()").fetchone()[0]
+        began = _one(conn, "SELECT now()")
         server_now = pg_cluster.primary.sql("SELECT now()")[0][0]
         age = value(target.scrape(), "postgres.oldest_transaction_age_seconds")
         assert age >= (server_now - began).total_seconds() > 0.0
@@ -269,8 +270,13 @@ def test_dsn_carrying_a_password_is_refused_at_configuration() -> None:
 
 
 def _wal_lsn(conn: psycopg.Connection) -> float:
-    query = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8"
-    return conn.execute(query).fetchone()[0]
+    return _one(conn, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8")
+
+
+def _one(conn: psycopg.Connection, query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    assert row is not None, query
+    return row[0]
 
 
 def _commits(node: PgNode, database: str) -> int:

@@ -304,7 +304,7 @@ def pg_database(pg_cluster: PgCluster) -> Iterator[str]:
 
 def database_name(dsn: str) -> str:
     """Return the ``dbname`` of a DSN from :func:`pg_database`."""
-    return psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    return str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,11 +92,12 @@ def test_pgbackrest_info_parses_each_stanza() -> None:
     assert main.wal_max == raw["main"]["archive"][0]["max"]
     assert main.running is False
 
-    newest = raw["main"]["backup"][-1]
-    assert main.last().stop == newest["timestamp"]["stop"]
-    assert main.last().database_bytes == newest["info"]["size"]
-    assert main.last().repository_bytes == newest["info"]["repository"]["size"]
-    assert main.last().error is False
+    newest, last = raw["main"]["backup"][-1], main.last()
+    assert last is not None
+    assert last.stop == newest["timestamp"]["stop"]
+    assert last.database_bytes == newest["info"]["size"]
+    assert last.repository_bytes == newest["info"]["repository"]["size"]
+    assert last.error is False
 
 
 def test_ages_of_diff_and_incr_fall_back_to_newer_full_or_diff() -> None:
@@ -235,7 +237,7 @@ def test_walg_collector_reports_under_its_configured_name() -> None:
 def test_failing_tool_runs_become_up_zero_with_a_code(tmp_path: Path) -> None:
     garbled = tmp_path / "garbled.json"
     garbled.write_text("{not json")
-    cases = [
+    cases: list[tuple[tuple[str, ...], dict[str, Any], str]] = [
         (("sh", "-c", "echo 'ERROR: [041]: Permission denied' >&2; exit 41"), {},
          "permission_denied"),
         (("sh", "-c", "cat \"$0\"", str(garbled)), {}, "bad_response"),
@@ -259,6 +261,6 @@ def test_stderr_codes() -> None:
 
 def test_invalid_options_are_configuration_errors() -> None:
     with pytest.raises(ConfigError, match="not supported"):
-        BackupCollector(labels={}, tool="barman")
+        BackupCollector(labels={}, tool="barman")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="positive"):
         BackupCollector(labels={}, stanza_rpo_seconds={"main": 0})

@@ -296,7 +296,7 @@ class IncidentBuilder:
     def _service(self, root: Finding | None, first: Finding) -> str:
         # The collectors' own service label names the culprit the way operators know it.
         if root is not None:
-            return root.labels.get("service") or self.topology.service_of(root.node)
+            return self.topology.service_label_of(root.node, root.labels)
         return self.topology.service_of(first.node)
 
 

@@ -39,13 +39,15 @@ Tier = Literal["page", "ticket", "info"]
 # Alertmanager severity for each tier, for receivers that key on severity.
 SEVERITY: Mapping[Tier, str] = {"page": "critical", "ticket": "warning", "info": "info"}
 
-# Which way a KPI hurts the business; exact signals first, then the first matching pattern.
+# Which way a KPI hurts the business; exact signals first (the names collectors/odoo.py
+# declares), then the first matching pattern, for KPIs added later.
 HARMFUL_DIRECTIONS: tuple[tuple[str, Direction], ...] = (
     ("kpi.orders_per_minute", "down"),
-    ("kpi.pos_orders_per_minute", "down"),
-    ("kpi.checkout_latency_p95_seconds", "up"),
-    ("kpi.checkout_error_ratio", "up"),
+    ("kpi.revenue_per_minute", "down"),
     ("kpi.stock_sync_delay_seconds", "up"),
+    ("kpi.stock_sync_delay_max_seconds", "up"),
+    ("kpi.pickings_overdue", "up"),
+    ("kpi.pickings_overdue_oldest_age_seconds", "up"),
     ("kpi.*orders*", "down"),
     ("kpi.*revenue*", "down"),
     ("kpi.*conversion*", "down"),
@@ -53,42 +55,47 @@ HARMFUL_DIRECTIONS: tuple[tuple[str, Direction], ...] = (
     ("kpi.*error*", "up"),
     ("kpi.*delay*", "up"),
     ("kpi.*backlog*", "up"),
+    ("kpi.*overdue*", "up"),
 )
 
 # Named conditions: (signal pattern, direction) pairs any one of which makes it true.
+# Signal names are those the collectors in collectors/ declare.
 CONDITIONS: Mapping[str, tuple[tuple[str, Direction], ...]] = {
     "replication_broken": (
-        ("postgres.replication_lag_seconds", "up"),
-        ("postgres.replication_lag_bytes", "up"),
-        ("postgres.replica_up", "down"),
+        ("postgres.replica_connected", "down"),
         ("postgres.replicas_connected", "down"),
-        ("postgres.replication_connected", "down"),
-        ("postgres.replication_streaming", "down"),
+        ("postgres.wal_receiver_streaming", "down"),
+        ("postgres.replica_lag_seconds", "up"),
+        ("postgres.replica_lag_bytes", "up"),
+        ("postgres.replication_lag_seconds", "up"),
     ),
     "backup_stale": (
-        ("backup.*age_seconds", "up"),
-        ("backup.status_code", "up"),
-        ("backup.*success", "down"),
-        ("backup.*ok", "down"),
-        ("pgbackrest.*age_seconds", "up"),
-        ("walg.*age_seconds", "up"),
+        ("backup.last_success_age_seconds", "up"),
+        ("backup.stale", "up"),
+        ("backup.stanza_status", "up"),
+        ("backup.error", "up"),
+        ("backup.wal_archive_stalled_seconds", "up"),
     ),
     "certificate_expiring": (
+        ("traefik.tls_cert_expiry_days", "down"),
         ("*cert*expir*", "down"),
-        ("*cert*not_after*", "down"),
     ),
     # Signals that rise with demand: a peak of shoppers, not a fault.
     "load": (
-        ("*request_rate*", "up"),
-        ("*requests_per_second*", "up"),
-        ("*saturation*", "up"),
-        ("*busy*", "up"),
+        ("traefik.requests_per_second", "up"),
+        ("traefik.service_requests_per_second", "up"),
+        ("traefik.path_requests_per_second", "up"),
+        ("traefik.entrypoint_open_connections", "up"),
+        ("redis.commands_per_second", "up"),
+        ("postgres.commits_per_second", "up"),
+        ("postgres.connections", "up"),
     ),
     "capacity": (
+        ("postgres.database_size_bytes", "up"),
+        ("backup.database_size_bytes", "up"),
+        ("backup.repository_size_bytes", "up"),
         ("*disk_free*", "down"),
         ("*disk_used*", "up"),
-        ("*capacity*", "up"),
-        ("*utilization*", "up"),
     ),
 }
 

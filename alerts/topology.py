@@ -22,16 +22,18 @@ from tillwatch.errors import ConfigError
 
 Edges = dict[str, tuple[str, ...]]
 
-# Who needs whom. Traefik sits in front of Odoo, so the shop's KPIs need both; Odoo
-# workers need the primary and Redis; stock sync reads the replica and runs as queue jobs.
+# Who needs whom. Traefik routes the shop's requests to Odoo, so what it measures on those
+# routes (rates, latency, 5xx, checkout paths) needs both Traefik and Odoo, and the KPIs
+# need the routes; Odoo needs the primary and Redis; stock sync reads the replica and runs
+# as queue jobs. KPI names are those collectors/odoo.py declares.
 DEPENDS_ON: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "kpi.orders_per_minute": ("odoo", "traefik"),
-    "kpi.pos_orders_per_minute": ("odoo", "traefik"),
-    "kpi.revenue_per_minute": ("odoo", "traefik"),
-    "kpi.checkout_latency_p95_seconds": ("odoo", "traefik"),
-    "kpi.checkout_error_ratio": ("odoo", "traefik"),
+    "kpi.orders_per_minute": ("traefik_routes",),
+    "kpi.revenue_per_minute": ("traefik_routes",),
     "kpi.stock_sync_delay_seconds": ("queue", "postgres_replica"),
-    "kpi.picking_backlog": ("queue", "odoo"),
+    "kpi.stock_sync_delay_max_seconds": ("queue", "postgres_replica"),
+    "kpi.pickings_overdue": ("queue", "odoo"),
+    "kpi.pickings_overdue_oldest_age_seconds": ("queue", "odoo"),
+    "traefik_routes": ("traefik", "odoo"),
     "odoo": ("postgres", "redis"),
     "queue": ("odoo", "postgres"),
     "postgres_replica": ("postgres",),
@@ -47,28 +49,36 @@ PROTECTS: Mapping[str, tuple[str, ...]] = MappingProxyType({
 })
 
 # Signal prefixes naming a node more precisely than the signal's first segment does;
-# the longest matching prefix wins.
+# the longest matching prefix wins. Names as the collectors in collectors/ declare them.
 SIGNAL_NODES: Mapping[str, str] = MappingProxyType({
     "postgres.replication_": "postgres_replica",
     "postgres.replica_": "postgres_replica",
     "postgres.replicas_": "postgres_replica",
-    "pgbackrest.": "backup",
-    "walg.": "backup",
-    "queue_job.": "queue",
+    "postgres.wal_receiver_": "postgres_replica",
+    "postgres.apply_backlog_": "postgres_replica",
+    "traefik.requests_": "traefik_routes",
+    "traefik.server_error_": "traefik_routes",
+    "traefik.latency_": "traefik_routes",
+    "traefik.service_": "traefik_routes",
+    "traefik.path_": "traefik_routes",
 })
 
 # The service label of a node's alerts when its series carry none (and for KPI-only
 # incidents); nodes not listed are their own service.
 SERVICES: Mapping[str, str] = MappingProxyType({
     "postgres_replica": "postgres",
+    "traefik_routes": "traefik",
     "kpi.orders_per_minute": "odoo",
-    "kpi.pos_orders_per_minute": "odoo",
     "kpi.revenue_per_minute": "odoo",
-    "kpi.checkout_latency_p95_seconds": "odoo",
-    "kpi.checkout_error_ratio": "odoo",
     "kpi.stock_sync_delay_seconds": "queue",
-    "kpi.picking_backlog": "queue",
+    "kpi.stock_sync_delay_max_seconds": "queue",
+    "kpi.pickings_overdue": "odoo",
+    "kpi.pickings_overdue_oldest_age_seconds": "odoo",
 })
+
+# Nodes whose series carry a service label naming something else: Traefik's router and
+# service series are labelled with Traefik's backend (``service="odoo@file"``).
+FOREIGN_SERVICE_LABELS: frozenset[str] = frozenset({"traefik_routes"})
 
 
 @dataclass(frozen=True)
@@ -80,12 +90,15 @@ class Topology:
         protects: control node -> the nodes it guards (not a runtime dependency).
         signal_nodes: signal prefix -> node, for signals whose first segment is too coarse.
         services: node -> the ``service`` label its alerts carry.
+        foreign_service_labels: nodes whose series' own ``service`` label is not to be
+            used (it names something other than a service of the estate).
     """
 
     depends_on: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEPENDS_ON)
     protects: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: PROTECTS)
     signal_nodes: Mapping[str, str] = field(default_factory=lambda: SIGNAL_NODES)
     services: Mapping[str, str] = field(default_factory=lambda: SERVICES)
+    foreign_service_labels: frozenset[str] = FOREIGN_SERVICE_LABELS
 
     def __post_init__(self) -> None:
         _check_declared(self.depends_on)
@@ -97,7 +110,8 @@ class Topology:
 
         Args:
             config: optional keys ``depends_on``, ``protects`` (node -> list of nodes),
-                ``signal_nodes`` and ``services`` (str -> str).
+                ``signal_nodes`` and ``services`` (str -> str), and
+                ``foreign_service_labels`` (list of nodes).
 
         Returns:
             The validated topology.
@@ -105,11 +119,12 @@ class Topology:
         Raises:
             ConfigError: on an unknown key, an edge to an undeclared node, or a cycle.
         """
-        unknown = set(config) - {"depends_on", "protects", "signal_nodes", "services"}
+        keys = {"depends_on", "protects", "signal_nodes", "services", "foreign_service_labels"}
+        unknown = set(config) - keys
         if unknown:
             raise ConfigError(
                 f"alerts.topology: unknown keys {sorted(unknown)}; expected depends_on, "
-                "protects, signal_nodes or services"
+                "protects, signal_nodes, services or foreign_service_labels"
             )
 
         def edges(key: str, default: Mapping[str, tuple[str, ...]]) -> Edges:
@@ -121,6 +136,9 @@ class Topology:
             protects=edges("protects", PROTECTS),
             signal_nodes=dict(config.get("signal_nodes", SIGNAL_NODES)),
             services=dict(config.get("services", SERVICES)),
+            foreign_service_labels=frozenset(
+                config.get("foreign_service_labels", FOREIGN_SERVICE_LABELS)
+            ),
         )
 
     def node_of(self, signal: str, labels: Mapping[str, str]) -> str:
@@ -152,6 +170,13 @@ class Topology:
     def service_of(self, node: str) -> str:
         """Return the ``service`` label of a node."""
         return self.services.get(node, node)
+
+    def service_label_of(self, node: str, labels: Mapping[str, str]) -> str:
+        """Return the ``service`` label alerts on a series of ``node`` should carry: the
+        series' own, unless the node is one of :attr:`foreign_service_labels`."""
+        if node in self.foreign_service_labels:
+            return self.service_of(node)
+        return labels.get("service") or self.service_of(node)
 
     def upstream(self, node: str) -> frozenset[str]:
         """Return every node ``node`` transitively depends on (not itself)."""

@@ -11,12 +11,12 @@ A scenario file (format in docs/simulator.md)::
     end = "tue 14:45"
     service = "postgres"         # root cause, as the service label names it
     component = "pg-replica-1"
-    signals = ["postgres.replication_lag_seconds"]
+    signals = ["postgres.replica_lag_seconds"]
     affected_kpis = ["kpi.stock_sync_delay_seconds"]
     expected_tier = "page"
 
     [[effects]]
-    target = "postgres.replication_lag_seconds"
+    target = "postgres.replica_lag_seconds"
     labels = { replica = "pg-replica-1" }
     op = "ramp"
     value = 600.0

@@ -10,8 +10,12 @@ series, in the causal order of the platform, so that a change to a cause is seen
 depends on it:
 
     demand -> Traefik requests -> Redis -> Odoo worker saturation -> Traefik latency
-    and errors -> checkout latency and errors -> orders and revenue;
+    and errors -> checkout path latency -> orders and revenue;
     orders -> queue_job inflow -> backlog -> stock sync delay <- read replica lag.
+
+Every emitted signal and label set is one a real collector in ``collectors/`` declares
+(tests/unit/test_estate_signals.py holds them to it). What no collector can see, such as
+Odoo's worker saturation, is modelled but not emitted.
 
 An :class:`Effect` perturbs one signal or one hidden *driver* (``driver.*``) while it is
 computed, before anything downstream reads it. Random draws come from a generator seeded
@@ -97,6 +101,9 @@ DEFAULT_STORES = (
     Store("amsterdam", "acme_nl", "pos", 5, ((9, 21),) * 6 + ((12, 18),), 2.5, 40.0),
     Store("webshop", "acme_be", "website", 0, ((0, 24),) * 7, 4.0, 61.0),
 )
+# queue_job states the queue collector reports for every channel it has seen.
+QUEUE_STATES = ("wait_dependencies", "pending", "enqueued", "started")
+BACKUP_RPO_SECONDS = DAY  # the backup collector's default rpo_seconds
 DEFAULT_CHANNELS = (
     Channel("root.stock_sync", 1.0, 0.0, 2.0, 60.0, 4),
     Channel("root.webshop", 0.0, 2.0, 1.0, 40.0, 2),
@@ -114,8 +121,15 @@ class Estate:
         stores: where orders come from.
         channels: queue_job channels.
         odoo_instances: Odoo hosts behind Traefik, each with ``workers_per_instance``.
-        replicas: streaming replicas of the primary.
+        odoo_db: the Odoo database the odoo and queue collectors read (their instance).
+        replicas: streaming replicas of the primary, by ``application_name``.
         read_replica: the replica stock sync reads from, so its lag delays stock.
+        replica_port: the port of each replica's own postgres target.
+        routers: Traefik routers, labelled ``<name>@file`` as Traefik's file provider
+            names them, all to ``traefik_service``.
+        checkout_paths: (sales channel, path prefix) whose access-log quantiles time a
+            checkout.
+        domains: (domain, days left at the epoch, serial) of each certificate.
         step_seconds: simulated seconds between two samples of a series.
         epoch: simulated time of the start, seconds since the epoch (UTC).
     """
@@ -124,19 +138,25 @@ class Estate:
     channels: tuple[Channel, ...] = DEFAULT_CHANNELS
     odoo_instances: tuple[str, ...] = ("odoo-1:8069", "odoo-2:8069")
     workers_per_instance: int = 6
+    odoo_db: str = "odoo-db"
     primary: str = "pg-primary:5432"
     replicas: tuple[str, ...] = ("pg-replica-1", "pg-replica-2")
     read_replica: str = "pg-replica-1"
+    replica_port: int = 5432
     redis: str = "redis-1:6379"
     traefik: str = "traefik-1:8080"
     routers: tuple[str, ...] = ("pos", "webshop", "backoffice")
-    domains: tuple[tuple[str, float], ...] = (
-        ("shop.acme.example", 52.0),
-        ("pos.acme.example", 75.0),
+    traefik_service: str = "odoo@file"
+    checkout_paths: tuple[tuple[str, str], ...] = (
+        ("pos", "/pos/checkout"),
+        ("website", "/shop/checkout"),
+    )
+    domains: tuple[tuple[str, float, str], ...] = (
+        ("shop.acme.example", 52.0, "3a9f1c"),
+        ("pos.acme.example", 75.0, "7be204"),
     )
     stanza: str = "main"
     backup_host: str = "backup-1"
-    queue_db: str = "odoo-db"
     step_seconds: float = 60.0
     epoch: float = DEFAULT_EPOCH
 
@@ -184,10 +204,13 @@ def _labels(**labels: str) -> dict[str, str]:
     return labels
 
 
-def store_labels(store: Store) -> dict[str, str]:
-    """The labels of a store's KPIs, as the odoo collector sets them: website orders
-    carry no ``store``."""
-    labels = _labels(service="odoo", company=store.company, sales_channel=store.sales_channel)
+def store_labels(store: Store, estate: Estate | None = None) -> dict[str, str]:
+    """The labels of a store's KPIs, as the odoo collector sets them: its target's
+    ``service`` and ``instance``, then ``company``, ``sales_channel`` and, for POS only,
+    ``store``."""
+    instance = (estate or Estate()).odoo_db
+    labels = _labels(service="odoo", instance=instance, company=store.company)
+    labels["sales_channel"] = store.sales_channel
     if store.sales_channel == "pos":
         labels["store"] = store.name
     return labels
@@ -198,59 +221,117 @@ def companies_of(estate: Estate) -> list[str]:
     return list(dict.fromkeys(s.company for s in estate.stores))
 
 
+def checkout_channels(estate: Estate) -> list[str]:
+    """The sales channels with a timed checkout path, in :attr:`Estate.checkout_paths` order."""
+    return [channel for channel, _ in estate.checkout_paths]
+
+
+def replica_instance(estate: Estate, replica: str) -> str:
+    """The ``instance`` label of a replica's own postgres target."""
+    return f"{replica}:{estate.replica_port}"
+
+
 def layout(estate: Estate) -> dict[str, list[dict[str, str]]]:
     """Every emitted signal of the estate with the labels of each of its series, in
-    emission order."""
-    stores = [store_labels(s) for s in estate.stores]
-    companies = [_labels(service="odoo", company=c) for c in companies_of(estate)]
-    odoo = [_labels(service="odoo", instance=i) for i in estate.odoo_instances]
-    routers = [
-        _labels(service="odoo", instance=estate.traefik, router=r) for r in estate.routers
-    ]
-    replicas = [
-        _labels(service="postgres", instance=estate.primary, replica=r) for r in estate.replicas
-    ]
-    postgres = [_labels(service="postgres", instance=estate.primary)]
-    redis = [_labels(service="redis", instance=estate.redis)]
-    queue = _labels(service="queue_job", instance=estate.queue_db)
-    backup = _labels(service="pgbackrest", instance=estate.backup_host, stanza=estate.stanza)
-    traefik = [_labels(service="traefik", instance=estate.traefik)]
+    emission order; each label set is the collector's target labels plus its own."""
+    return {
+        **_odoo_layout(estate),
+        **_traefik_layout(estate),
+        **_redis_layout(estate),
+        **_postgres_layout(estate),
+        **_queue_layout(estate),
+        **_backup_layout(estate),
+    }
+
+
+def _odoo_layout(estate: Estate) -> dict[str, list[dict[str, str]]]:
+    stores = [store_labels(s, estate) for s in estate.stores]
+    target = _labels(service="odoo", instance=estate.odoo_db)
     return {
         "kpi.orders_per_minute": stores,
         "kpi.revenue_per_minute": stores,
-        "kpi.checkout_latency_p95_seconds": stores,
-        "kpi.checkout_error_ratio": stores,
-        "kpi.stock_sync_delay_seconds": companies,
-        "traefik.request_rate": routers,
-        "traefik.latency_p95_seconds": routers,
-        "traefik.error_ratio_5xx": routers,
-        "traefik.tls_cert_expiry_days": [
-            {**traefik[0], "domain": d} for d, _ in estate.domains
+        "kpi.stock_sync_delay_seconds": [
+            {**target, "company": company} for company in companies_of(estate)
         ],
-        "traefik.up": traefik,
-        "odoo.worker_saturation_ratio": odoo,
-        "odoo.up": odoo,
+        "odoo.up": [target],
+    }
+
+
+def _traefik_layout(estate: Estate) -> dict[str, list[dict[str, str]]]:
+    target = _labels(service="traefik", instance=estate.traefik)
+    # Router readings carry Traefik's own service label, which replaces the target's.
+    routers = [
+        {**target, "router": f"{r}@file", "service": estate.traefik_service}
+        for r in estate.routers
+    ]
+    paths = [{**target, "path": path} for _, path in estate.checkout_paths]
+    return {
+        "traefik.requests_per_second": routers,
+        "traefik.latency_p95_seconds": routers,
+        "traefik.server_error_ratio": routers,
+        "traefik.path_requests_per_second": paths,
+        "traefik.path_latency_p95_seconds": paths,
+        "traefik.tls_cert_expiry_days": [
+            {**target, "domain": domain, "serial": serial}
+            for domain, _, serial in estate.domains
+        ],
+        "traefik.up": [target],
+    }
+
+
+def _redis_layout(estate: Estate) -> dict[str, list[dict[str, str]]]:
+    redis = [_labels(service="redis", instance=estate.redis)]
+    return {
         "redis.hit_ratio": redis,
         "redis.evictions_per_second": redis,
         "redis.used_memory_ratio": redis,
         "redis.up": redis,
-        "postgres.replication_lag_seconds": replicas,
-        "postgres.replication_lag_bytes": replicas,
-        "postgres.replicas_connected": postgres,
-        "postgres.up": postgres
-        + [_labels(service="postgres", instance=r) for r in estate.replicas],
+    }
+
+
+def _postgres_layout(estate: Estate) -> dict[str, list[dict[str, str]]]:
+    primary = _labels(service="postgres", instance=estate.primary)
+    senders = [{**primary, "replica": r} for r in estate.replicas]
+    standbys = [
+        _labels(service="postgres", instance=replica_instance(estate, replica))
+        for replica in estate.replicas
+    ]
+    return {
+        "postgres.replica_lag_seconds": senders,
+        "postgres.replica_lag_bytes": senders,
+        "postgres.replica_connected": senders,
+        "postgres.replicas_connected": [primary],
+        "postgres.replication_lag_seconds": standbys,
+        "postgres.wal_receiver_streaming": standbys,
+        "postgres.up": [primary, *standbys],
+    }
+
+
+def _queue_layout(estate: Estate) -> dict[str, list[dict[str, str]]]:
+    target = _labels(service="queue", instance=estate.odoo_db)
+    return {
         "queue.depth": [
-            {**queue, "channel": c.name, "state": state}
+            {**target, "channel": c.name, "state": state}
             for c in estate.channels
-            for state in ("pending", "enqueued", "started")
+            for state in QUEUE_STATES
         ],
         "queue.oldest_pending_age_seconds": [
-            {**queue, "channel": c.name} for c in estate.channels
+            {**target, "channel": c.name} for c in estate.channels
         ],
-        "queue.up": [queue],
-        "backup.last_success_age_seconds": [{**backup, "type": t} for t in ("full", "diff")],
-        "backup.status_code": [backup],
-        "backup.up": [backup],
+        "queue.up": [target],
+    }
+
+
+def _backup_layout(estate: Estate) -> dict[str, list[dict[str, str]]]:
+    target = _labels(service="backup", instance=estate.backup_host)
+    stanza = {**target, "stanza": estate.stanza}
+    return {
+        "backup.last_success_age_seconds": [
+            {**stanza, "backup_type": kind} for kind in ("full", "diff")
+        ],
+        "backup.stanza_status": [stanza],
+        "backup.stale": [stanza],
+        "backup.up": [target],
     }
 
 
@@ -282,7 +363,6 @@ class _Carry:
     last_streaming: np.ndarray  # last time each replica was streaming
     last_full: float
     last_diff: float
-    backup_status: float
 
 
 _OPS: dict[str, Callable[[np.ndarray, float, np.ndarray], np.ndarray]] = {
@@ -458,7 +538,6 @@ class Simulator:
             last_streaming=np.full(len(self.estate.replicas), self.estate.epoch),
             last_full=last_backup,
             last_diff=last_backup,
-            backup_status=0.0,
         )
 
     def _batches(self, day: _Day, end: float, chunk_steps: int) -> Iterator[SampleBatch]:
@@ -567,7 +646,7 @@ def _traefik_requests(day: _Day, estate: Estate, demand: np.ndarray) -> np.ndarr
     }
     rate = np.column_stack([per_router.get(r, np.full(day.steps, 0.5)) for r in estate.routers])
     rate = day.put(
-        "traefik.request_rate", rate * day.noise("requests", 0.05, len(estate.routers))
+        "traefik.requests_per_second", rate * day.noise("requests", 0.05, len(estate.routers))
     )
     return rate.sum(axis=1)
 
@@ -588,7 +667,10 @@ def _redis(day: _Day, load: np.ndarray) -> np.ndarray:
 
 
 def _odoo(day: _Day, estate: Estate, load: np.ndarray, hit_ratio: np.ndarray) -> np.ndarray:
-    """Worker saturation per instance; cache misses make every request cost more."""
+    """Worker saturation per instance; cache misses make every request cost more.
+
+    Modelled, not emitted: no collector reads Odoo's worker pool, so it shows only through
+    Traefik's latency and errors, as it would in a real estate."""
     cost = _SERVICE_SECONDS * (1 + 3 * np.maximum(0.0, 0.965 - hit_ratio))
     busy = (load * cost / len(estate.odoo_instances))[:, None]
     workers = estate.workers_per_instance * day.driver("driver.odoo_workers")
@@ -596,7 +678,7 @@ def _odoo(day: _Day, estate: Estate, load: np.ndarray, hit_ratio: np.ndarray) ->
     saturation = busy / np.maximum(workers, 1e-3) + day.rng("odoo").normal(
         0, 0.015, (day.steps, width)
     )
-    return day.put("odoo.worker_saturation_ratio", np.clip(saturation, 0.0, 1.0))
+    return np.clip(saturation, 0.0, 1.0)
 
 
 def _traefik_latency(day: _Day, estate: Estate, saturation: np.ndarray) -> None:
@@ -608,27 +690,36 @@ def _traefik_latency(day: _Day, estate: Estate, saturation: np.ndarray) -> None:
     day.put("traefik.latency_p95_seconds", latency)
 
     errors = 0.0015 * day.noise("errors", 0.3, width) + 1.2 * np.maximum(0.0, rho - 0.9)
-    day.put("traefik.error_ratio_5xx", np.clip(errors, 0.0, 1.0))
+    day.put("traefik.server_error_ratio", np.clip(errors, 0.0, 1.0))
 
 
 def _checkout(day: _Day, estate: Estate, demand: np.ndarray) -> None:
-    """Checkout latency and errors per store; slow or failing checkouts lose orders."""
+    """Checkout latency per sales channel, from Traefik's access log on the checkout path,
+    and the share of failing requests on each store's router; slow or failing checkouts
+    lose orders."""
     router = {"pos": "pos", "website": "webshop"}
-    ix = [estate.routers.index(router[s.sales_channel]) for s in estate.stores]
-    width = len(estate.stores)
+    channels = checkout_channels(estate)
+    paths = [estate.routers.index(router[channel]) for channel in channels]
     latency = (
-        day.values["traefik.latency_p95_seconds"][:, ix]
+        day.values["traefik.latency_p95_seconds"][:, paths]
         * 2.2
-        * day.noise("checkout.latency", 0.1, width)
+        * day.noise("checkout.latency", 0.1, len(channels))
     )
-    latency = day.put("kpi.checkout_latency_p95_seconds", latency)
-    errors = day.values["traefik.error_ratio_5xx"][:, ix] + 0.003 * day.noise(
-        "checkout.errors", 0.3, width
+    latency = day.put("traefik.path_latency_p95_seconds", latency)
+    sales = np.column_stack(
+        [demand[:, [s.sales_channel == c for s in estate.stores]].sum(axis=1) for c in channels]
     )
-    errors = day.put("kpi.checkout_error_ratio", np.clip(errors, 0.0, 1.0))
+    noise = day.noise("checkout.requests", 0.1, len(channels))
+    day.put("traefik.path_requests_per_second", sales / 60 * noise)
+    # No checkout, no duration in the access log: the collector sends no quantile.
+    day.present["traefik.path_latency_p95_seconds"] = sales > 0
 
+    of_store = [channels.index(s.sales_channel) for s in estate.stores]
+    errors = day.values["traefik.server_error_ratio"][
+        :, [estate.routers.index(router[s.sales_channel]) for s in estate.stores]
+    ]
     budget = np.array([_CHECKOUT_BUDGET[s.sales_channel] for s in estate.stores])
-    lost = np.clip(0.5 * (latency / budget - 1), 0.0, 0.8) + errors
+    lost = np.clip(0.5 * (latency[:, of_store] / budget - 1), 0.0, 0.8) + errors
     minutes = estate.step_seconds / 60
     bought = day.poisson("orders", demand * np.clip(1 - lost, 0.1, 1) * minutes) / minutes
     orders = day.put("kpi.orders_per_minute", bought)
@@ -638,14 +729,15 @@ def _checkout(day: _Day, estate: Estate, demand: np.ndarray) -> None:
     )
     day.put("kpi.revenue_per_minute", np.maximum(orders * basket * spread, 0.0))
 
-    # No checkout, no latency to measure: a closed store sends neither quantile nor ratio.
-    open_now = demand > 0
-    day.present["kpi.checkout_latency_p95_seconds"] = open_now
-    day.present["kpi.checkout_error_ratio"] = open_now
-
 
 def _replication(day: _Day, estate: Estate, load: np.ndarray, carry: _Carry) -> _Carry:
-    """Lag per replica; a replica that stops streaming falls behind by wall time."""
+    """Lag per replica, seen from both ends as the postgres collector reads them.
+
+    The primary reports each streaming standby's replay lag; a standby that stops
+    streaming has no WAL sender, so its lag series stop and ``replica_connected`` reads 0,
+    while it falls behind by wall time. The standby's own collector reports its replay
+    lag, which reads 0 once its receiver is down (nothing received is left to replay).
+    """
     streaming = day.driver("driver.replication_streaming") >= 0.5
     since = np.where(streaming, day.t[:, None], -np.inf)
     since = np.fmax.accumulate(np.vstack([carry.last_streaming, since]), axis=0)[1:]
@@ -654,12 +746,17 @@ def _replication(day: _Day, estate: Estate, load: np.ndarray, carry: _Carry) -> 
         1.0, (day.steps, width)
     )
     lag = day.put(
-        "postgres.replication_lag_seconds", np.where(streaming, normal, day.t[:, None] - since)
+        "postgres.replica_lag_seconds", np.where(streaming, normal, day.t[:, None] - since)
     )
 
     wal_bytes_per_second = 150_000 * (0.3 + load / 15.0)[:, None]
-    day.put("postgres.replication_lag_bytes", np.round(lag * wal_bytes_per_second))
+    day.put("postgres.replica_lag_bytes", np.round(lag * wal_bytes_per_second))
+    day.present["postgres.replica_lag_seconds"] = streaming
+    day.present["postgres.replica_lag_bytes"] = streaming
+    day.put("postgres.replica_connected", streaming.astype(np.float64))
     day.put("postgres.replicas_connected", streaming.sum(axis=1))
+    day.put("postgres.replication_lag_seconds", np.where(streaming, lag, 0.0))
+    day.put("postgres.wal_receiver_streaming", streaming.astype(np.float64))
     return replace(carry, last_streaming=since[-1])
 
 
@@ -688,7 +785,9 @@ def _queue(day: _Day, estate: Estate, carry: _Carry) -> _Carry:
     started = np.minimum(workers, np.ceil(done / np.maximum(capacity, 1e-9) * workers))
     handed_out = day.poisson("queue.enqueued", np.full(pending.shape, 0.3)) + (pending > 0) * 2
     enqueued = np.minimum(pending, handed_out)
-    depth = np.stack([pending, enqueued, started], axis=2).reshape(day.steps, -1)
+    # No job here waits on another, so wait_dependencies stays 0 as in most estates.
+    waiting = np.zeros_like(pending)
+    depth = np.stack([waiting, pending, enqueued, started], axis=2).reshape(day.steps, -1)
     day.put("queue.depth", depth)
 
     # First in, first out: the oldest job waits about as long as the backlog takes to drain.
@@ -712,7 +811,8 @@ def _stock_sync(day: _Day, estate: Estate) -> None:
     """How late each company's stock moves reach the stores and the webshop: the sync
     job's wait in its queue plus the lag of the replica it reads from."""
     replica = estate.replicas.index(estate.read_replica)
-    lag = day.values["postgres.replication_lag_seconds"][:, replica]
+    # The true lag: a standby that stopped streaming serves ever older data.
+    lag = day.values["postgres.replica_lag_seconds"][:, replica]
     channel = [c.name for c in estate.channels].index("root.stock_sync")
     wait = day.values["queue.oldest_pending_age_seconds"][:, channel]
     width = len(companies_of(estate))
@@ -722,7 +822,8 @@ def _stock_sync(day: _Day, estate: Estate) -> None:
 
 def _backup(day: _Day, estate: Estate, carry: _Carry) -> _Carry:
     """Age of the last good full and diff backup; the nightly run fails when the driver
-    says so, leaving the ages to grow and the stanza status at 99 (other error)."""
+    says so, leaving the ages to grow. The stanza itself stays healthy (status 0): a failed
+    run shows as a backup older than the RPO, ``backup.stale``."""
     success = day.driver("driver.backup_success")[:, 0] >= 0.5
     done_at = day.start + _BACKUP_DONE_HOUR * 3600
     finished = day.t >= done_at
@@ -732,21 +833,17 @@ def _backup(day: _Day, estate: Estate, carry: _Carry) -> _Carry:
     last_full = np.where(finished & ok & is_full, done_at, carry.last_full)
     last_diff = np.where(finished & ok, done_at, carry.last_diff)
     ages = np.column_stack([day.t - last_full, day.t - np.maximum(last_full, last_diff)])
-    day.put("backup.last_success_age_seconds", ages)
-    status = np.where(finished, 0.0 if ok else 99.0, carry.backup_status)
-    day.put("backup.status_code", status)
-    return replace(
-        carry,
-        last_full=float(last_full[-1]),
-        last_diff=float(last_diff[-1]),
-        backup_status=float(status[-1]),
-    )
+    ages = day.put("backup.last_success_age_seconds", ages)
+    day.put("backup.stanza_status", np.zeros(day.steps))
+    day.put("backup.stale", (ages.min(axis=1) > BACKUP_RPO_SECONDS).astype(np.float64))
+    return replace(carry, last_full=float(last_full[-1]), last_diff=float(last_diff[-1]))
 
 
 def _tls(day: _Day, estate: Estate) -> None:
     """Days left on each certificate; ACME renews to 90 days when 30 are left."""
     elapsed = (day.t - estate.epoch) / DAY
-    days = [30 + np.mod(left - 30 - elapsed, 60) for _, left in estate.domains]
+    # A renewed certificate keeps its series here; a real renewal brings a new serial.
+    days = [30 + np.mod(left - 30 - elapsed, 60) for _, left, _ in estate.domains]
     day.put("traefik.tls_cert_expiry_days", np.column_stack(days))
 
 

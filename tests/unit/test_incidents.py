@@ -76,7 +76,7 @@ def test_unrelated_services_open_separate_incidents() -> None:
     builder = IncidentBuilder()
 
     redis = builder.observe(anomaly(0, "redis.hit_ratio", "down"))
-    traefik = builder.observe(anomaly(10, "traefik.latency_p95_seconds"))
+    traefik = builder.observe(anomaly(10, "traefik.tls_cert_expiry_days", "down"))
 
     assert redis[0].kind == traefik[0].kind == "opened"
     assert redis[0].incident.incident_id != traefik[0].incident.incident_id
@@ -238,7 +238,7 @@ def test_default_topology_puts_kpis_downstream_of_their_services() -> None:
     assert "kpi.orders_per_minute" in topology.downstream_kpis("postgres")
     assert "kpi.stock_sync_delay_seconds" in topology.downstream_kpis("postgres_replica")
     assert "kpi.stock_sync_delay_seconds" not in topology.downstream_kpis("traefik")
-    assert topology.node_of("postgres.replication_lag_seconds", {"service": "postgres"}) == (
+    assert topology.node_of("postgres.replica_lag_seconds", {"service": "postgres"}) == (
         "postgres_replica"
     )
     assert topology.node_of("queue.depth", {"channel": "root.stock"}) == "queue"
@@ -247,3 +247,25 @@ def test_default_topology_puts_kpis_downstream_of_their_services() -> None:
 def test_invalid_durations_are_refused() -> None:
     with pytest.raises(ConfigError, match="quiet_period"):
         IncidentBuilder(quiet_period=0)
+
+
+def test_traefik_router_series_blame_traefik_not_their_backend_label() -> None:
+    builder = IncidentBuilder()
+    router = {"service": "odoo@file", "router": "webshop@file", "instance": "traefik-1:8080"}
+
+    events = builder.observe(anomaly(0, "traefik.latency_p95_seconds", "up", 3.0, 0.4, router))
+
+    incident = events[0].incident
+    assert incident.root_cause is not None and incident.root_cause.node == "traefik_routes"
+    assert incident.service == "traefik"
+
+
+def test_cache_misses_and_the_route_latency_they_cause_form_one_incident() -> None:
+    builder = IncidentBuilder()
+    router = {"service": "odoo@file", "router": "webshop@file"}
+
+    builder.observe(anomaly(0, "redis.hit_ratio", "down", 0.7, 0.96, {"service": "redis"}))
+    events = builder.observe(anomaly(60, "traefik.latency_p95_seconds", "up", 3.0, 0.4, router))
+
+    assert [event.kind for event in events] == ["updated"]
+    assert events[0].incident.service == "redis"

@@ -36,6 +36,7 @@ def _orders(store: str, company: str = "acme_be") -> str:
     return _key(
         "kpi.orders_per_minute",
         service="odoo",
+        instance="odoo-db",
         company=company,
         sales_channel="pos",
         store=store,
@@ -43,16 +44,24 @@ def _orders(store: str, company: str = "acme_be") -> str:
 
 
 WEBSHOP_ORDERS = _key(
-    "kpi.orders_per_minute", service="odoo", company="acme_be", sales_channel="website"
-)
-WEBSHOP_CHECKOUT = _key(
-    "kpi.checkout_latency_p95_seconds",
+    "kpi.orders_per_minute",
     service="odoo",
+    instance="odoo-db",
     company="acme_be",
     sales_channel="website",
 )
-STOCK_SYNC = _key("kpi.stock_sync_delay_seconds", service="odoo", company="acme_be")
-SATURATION = _key("odoo.worker_saturation_ratio", service="odoo", instance="odoo-1:8069")
+TRAEFIK = {"service": "traefik", "instance": "traefik-1:8080"}
+WEBSHOP_CHECKOUT = _key("traefik.path_latency_p95_seconds", **TRAEFIK, path="/shop/checkout")
+POS_CHECKOUT = _key("traefik.path_latency_p95_seconds", **TRAEFIK, path="/pos/checkout")
+STOCK_SYNC = _key(
+    "kpi.stock_sync_delay_seconds", service="odoo", instance="odoo-db", company="acme_be"
+)
+WEBSHOP_ERRORS = _key(
+    "traefik.server_error_ratio",
+    service="odoo@file",
+    instance="traefik-1:8080",
+    router="webshop@file",
+)
 
 
 def _window(rows: np.ndarray, start: float, end: float) -> np.ndarray:
@@ -121,20 +130,14 @@ def test_a_custom_step_and_duration_are_honoured():
 def test_closed_stores_sell_nothing_and_send_no_checkout_latency(week):
     antwerp_sunday = _window(week[_orders("antwerp")], _at("sun", 0), _at("sun", 24))
     brussels_night = _window(week[_orders("brussels")], _at("tue", 0), _at("tue", 8))
-    latency = week[
-        _key(
-            "kpi.checkout_latency_p95_seconds",
-            service="odoo",
-            company="acme_be",
-            sales_channel="pos",
-            store="antwerp",
-        )
-    ]
+    latency = week[POS_CHECKOUT]
 
     assert antwerp_sunday.size == 1440 and not antwerp_sunday.any()
     assert brussels_night.size == 480 and not brussels_night.any()
-    assert _window(latency, _at("sun", 0), _at("sun", 24)).size == 0
-    assert _window(latency, _at("mon", 10) + 60, _at("mon", 18) + 60).size == 480
+    # Only amsterdam opens on Sunday, 12-18; every shop is closed at night.
+    assert _window(latency, _at("sun", 0), _at("sun", 12) + 60).size == 0
+    assert _window(latency, _at("sun", 12) + 60, _at("sun", 18) + 60).size == 360
+    assert _window(latency, _at("tue", 0), _at("tue", 9) + 60).size == 0
 
 
 def test_busiest_hour_sells_more_than_the_quietest(week):
@@ -158,7 +161,7 @@ def test_starved_worker_pool_raises_latency_and_loses_orders(week):
     start, end = _at("fri", 12), _at("fri", 13)
     run = _run(Effect("driver.odoo_workers", "multiply", 0.25, start, end))
 
-    assert _window(run[SATURATION], start, end).mean() > 0.8
+    assert _window(run[WEBSHOP_ERRORS], start, end).mean() > 0.03
     latency = _window(run[WEBSHOP_CHECKOUT], start, end).mean()
     assert latency > 3 * _window(week[WEBSHOP_CHECKOUT], start, end).mean()
     lost = _window(week[_orders("brussels")], start, end).sum()
@@ -168,7 +171,7 @@ def test_starved_worker_pool_raises_latency_and_loses_orders(week):
 def test_lagging_read_replica_delays_stock_sync(week):
     start, end = _at("tue", 14), _at("tue", 15)
     effect = Effect(
-        "postgres.replication_lag_seconds",
+        "postgres.replica_lag_seconds",
         "add",
         300.0,
         start,
@@ -184,7 +187,7 @@ def test_lagging_read_replica_delays_stock_sync(week):
 def test_lagging_standby_that_nobody_reads_leaves_stock_sync_alone(week):
     start, end = _at("tue", 14), _at("tue", 15)
     effect = Effect(
-        "postgres.replication_lag_seconds",
+        "postgres.replica_lag_seconds",
         "add",
         300.0,
         start,
@@ -205,7 +208,7 @@ def test_queue_backlog_builds_then_drains_and_delays_stock_sync(week):
     pending = run[
         _key(
             "queue.depth",
-            service="queue_job",
+            service="queue",
             instance="odoo-db",
             channel="root.stock_sync",
             state="pending",
@@ -222,28 +225,23 @@ def test_queue_backlog_builds_then_drains_and_delays_stock_sync(week):
 def test_stale_backup_hurts_no_kpi(week):
     effect = Effect("driver.backup_success", "set", 0.0, _at("tue", 0), _at("wed", 0))
     run = _run(effect)
-    age = _key(
-        "backup.last_success_age_seconds",
-        service="pgbackrest",
-        instance="backup-1",
-        stanza="main",
-        type="diff",
-    )
+    backup = {"service": "backup", "instance": "backup-1", "stanza": "main"}
+    age = _key("backup.last_success_age_seconds", **backup, backup_type="diff")
+    stale = _key("backup.stale", **backup)
 
     assert _window(run[age], _at("wed", 1), _at("wed", 1.5)).min() > 1.9 * DAY
     assert _window(week[age], _at("wed", 1), _at("wed", 1.5)).max() < DAY
+    assert set(_window(run[stale], _at("tue", 1.7), _at("wed", 1.6))) == {1.0}
+    assert set(week[stale][:, 1]) == {0.0}
     kpis = [key for key in week if key.startswith("kpi.")]
-    assert len(kpis) == 22
+    assert len(kpis) == 12
     for key in kpis:
         np.testing.assert_array_equal(run[key], week[key], err_msg=key)
 
 
 def test_effect_ops_on_a_noiseless_signal(week):
     cert = _key(
-        "traefik.tls_cert_expiry_days",
-        service="traefik",
-        instance="traefik-1:8080",
-        domain="shop.acme.example",
+        "traefik.tls_cert_expiry_days", **TRAEFIK, domain="shop.acme.example", serial="3a9f1c"
     )
     start, end = _at("mon", 1), _at("mon", 2)
     run = _run(
@@ -269,21 +267,19 @@ def test_broken_replication_drops_a_replica_and_lag_grows_with_time():
         ),
         duration=DAY / 4,
     )
-    lag = run[
-        _key(
-            "postgres.replication_lag_seconds",
-            service="postgres",
-            instance="pg-primary:5432",
-            replica="pg-replica-2",
-        )
-    ]
-    connected = run[
-        _key("postgres.replicas_connected", service="postgres", instance="pg-primary:5432")
-    ]
+    primary = {"service": "postgres", "instance": "pg-primary:5432"}
+    lag = run[_key("postgres.replica_lag_seconds", **primary, replica="pg-replica-2")]
+    connected = run[_key("postgres.replicas_connected", **primary)]
+    standby = run[_key("postgres.replica_connected", **primary, replica="pg-replica-2")]
+    standby_target = {"service": "postgres", "instance": "pg-replica-2:5432"}
+    receiver = run[_key("postgres.wal_receiver_streaming", **standby_target)]
 
-    np.testing.assert_allclose(_window(lag, start, end), np.arange(1, 121) * 60.0)
+    # The primary has no WAL sender for it: no lag series, as the real collector.
+    assert _window(lag, start, end).size == 0
+    assert _window(lag, end, end + 3600).size == 60
     assert set(_window(connected, start, end)) == {1.0}
     assert set(_window(connected, end, end + 3600)) == {2.0}
+    assert set(_window(standby, start, end)) == set(_window(receiver, start, end)) == {0.0}
 
 
 def test_backlog_recursion_matches_the_step_by_step_definition():

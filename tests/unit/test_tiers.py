@@ -49,8 +49,8 @@ def test_promotion_peak_with_orders_up_is_not_a_page() -> None:
 def test_promotion_peak_with_saturated_workers_is_a_capacity_notice() -> None:
     labels = {"service": "odoo"}
     peak = anomaly(0, "kpi.orders_per_minute", "up", 120.0, 40.0, labels)
-    requests = anomaly(5, "traefik.request_rate", "up", 900.0, 300.0, labels)
-    busy = anomaly(10, "odoo.worker_saturation_ratio", "up", 0.95, 0.5, labels)
+    requests = anomaly(5, "traefik.requests_per_second", "up", 900.0, 300.0, labels)
+    busy = anomaly(10, "traefik.path_requests_per_second", "up", 3.0, 1.0, labels)
 
     assert decide(peak, requests, busy) == ("info", "DemandPeak")
 
@@ -87,7 +87,7 @@ def test_broken_replication_with_a_fresh_backup_is_a_ticket() -> None:
 
 
 def test_broken_replication_and_no_fresh_backup_is_a_page() -> None:
-    broken = anomaly(0, "postgres.replica_up", "down", 0.0, 1.0)
+    broken = anomaly(0, "postgres.replica_connected", "down", 0.0, 1.0)
     stale = anomaly(30, "backup.last_success_age_seconds", "up", 200_000.0, 43_000.0)
 
     assert decide(broken, stale) == ("page", "DataAtRisk")
@@ -95,7 +95,7 @@ def test_broken_replication_and_no_fresh_backup_is_a_page() -> None:
 
 def test_disconnected_replica_and_failing_backup_is_a_page() -> None:
     gone = anomaly(0, "postgres.replicas_connected", "down", 1.0, 2.0, {"service": "postgres"})
-    failing = anomaly(60, "backup.status_code", "up", 2.0, 0.0, {"service": "pgbackrest"})
+    failing = anomaly(60, "backup.stale", "up", 1.0, 0.0, {"service": "backup"})
 
     assert decide(gone, failing) == ("page", "DataAtRisk")
 

@@ -10,10 +10,15 @@ Matching rules, in the order they apply:
    first such alert's ``ts`` minus the incident's start (0 when it was already firing).
    The tier given is the highest tier among its alerts: an incident may be raised as a
    ticket and escalated to a page.
-3. A page that belongs to an incident expecting a page is a true page; every other page
+3. Pages are counted as a pager sees them: once per alerting incident (detections with
+   the same non-empty ``ref``), at the first detection that paged. Alertmanager groups a
+   tillwatch incident's alerts by ``incident_id``, so its later ``updated`` events at page
+   tier arrive in the same notification thread, not as new pages. Detections without a
+   ``ref`` count one page each.
+4. A page that belongs to an incident expecting a page is a true page; every other page
    is a false page: ``false_alarms`` when it belongs to no incident, ``over_paged`` when
    its incident expected less (a promotion peak, a stale backup).
-4. Page precision is true pages over all pages; page recall is the incidents expecting a
+5. Page precision is true pages over all pages; page recall is the incidents expecting a
    page that received one, over all incidents expecting a page.
 """
 
@@ -129,7 +134,7 @@ def score(
         for n, incident in enumerate(expected)
     )
 
-    pages = [d for d, detection in enumerate(detections) if detection.tier == "page"]
+    pages = _pages(detections)
     true_pages = [d for d in pages if d in owner and expected[owner[d]].expected_tier == "page"]
     wanted = [v for v in verdicts if v.incident.expected_tier == "page"]
     delays = [
@@ -178,6 +183,19 @@ def _verdict(incident: ExpectedIncident, alerts: list[Detection]) -> IncidentSco
     tier = max((d.tier for d in alerts), key=TIER_RANK.__getitem__)
     delay = max(0.0, alerts[0].ts - incident.start)
     return IncidentScore(incident, True, delay, tier, tuple(alerts))
+
+
+def _pages(detections: Sequence[Detection]) -> list[int]:
+    """Positions of the detections that ring the pager: the first page of each ``ref``."""
+    paged: set[str] = set()
+    pages = []
+    for d in sorted(range(len(detections)), key=lambda d: detections[d].ts):
+        detection = detections[d]
+        if detection.tier != "page" or (detection.ref and detection.ref in paged):
+            continue
+        paged.add(detection.ref)
+        pages.append(d)
+    return sorted(pages)
 
 
 def _ratio(part: int, whole: int) -> float | None:

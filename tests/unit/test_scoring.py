@@ -156,3 +156,41 @@ def test_the_terminal_table_lists_each_incident_and_the_figures():
     assert lines[6].split() == ["starved", "odoo", "page", "none", "!", "no", "-"]
     assert "pages: 2 true, 2 false alarms, 1 over-paged" in text
     assert "page precision: 40%   page recall: 50%   median time to detect: 10m00s" in text
+
+
+def test_an_incident_pages_once_however_many_events_it_sends():
+    # One incident re-sent at page tier three times, as the alerts journal records it,
+    # and a second incident that pages once outside any expected window.
+    events = [
+        Detection(1200, "postgres", "page", ref="inc-a"),
+        Detection(1500, "postgres", "page", ref="inc-a"),
+        Detection(1900, "postgres", "page", ref="inc-a"),
+        Detection(4000, "redis", "page", ref="inc-b"),
+        Detection(4100, "redis", "page", ref="inc-b"),
+    ]
+
+    result = score([LAG], events)
+
+    assert result.true_pages == 1
+    assert [d.ts for d in result.false_alarms] == [4000]
+    assert result.page_precision == pytest.approx(0.5)
+    assert [d.ts for d in _by_name(result, "lag").alerts] == [1200, 1500, 1900]
+
+
+def test_an_incident_escalated_to_page_counts_from_its_first_page():
+    events = [
+        Detection(1100, "postgres", "ticket", ref="inc-a"),
+        Detection(1400, "postgres", "page", ref="inc-a"),
+        Detection(1600, "postgres", "page", ref="inc-a"),
+    ]
+
+    result = score([LAG], events)
+
+    assert (result.true_pages, result.page_precision, result.page_recall) == (1, 1.0, 1.0)
+    assert _by_name(result, "lag").time_to_detect == 100
+
+
+def test_pages_without_a_ref_count_one_each():
+    events = [Detection(4000, "redis", "page"), Detection(4100, "redis", "page")]
+
+    assert len(score([LAG], events).false_alarms) == 2

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import REGISTRY
 from pipeline.storage import Storage
 from pipeline.stream import TOPIC_SAMPLES, open_stream
 from tests.services._support import free_port, wait_until
@@ -66,6 +67,8 @@ def _stored(runner_settings: Settings) -> int:
 
 def test_memory_pipeline_stores_everything_and_archives_dead_letters(tmp_path, clickhouse_url):
     settings = _settings(tmp_path, "memory://", clickhouse_url)
+    stored_before = _metric("tillwatch_samples_stored_total")
+    dead_before = _metric("tillwatch_deadlettered_total", stage="sink", reason="bad_magic")
     runner = Runner(settings, role="sink")
     runner.start()
 
@@ -80,6 +83,14 @@ def test_memory_pipeline_stores_everything_and_archives_dead_letters(tmp_path, c
         assert count.result_rows[0][0] == 15_000
     archived = (settings.data_dir / "deadletter.jsonl").read_text().splitlines()
     assert len(archived) == 1 and '"bad_magic"' in archived[0]
+    assert _metric("tillwatch_samples_stored_total") - stored_before == 15_000
+    assert _metric("tillwatch_deadlettered_total", stage="sink", reason="bad_magic") == (
+        dead_before + 1
+    )
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def test_sigterm_drains_in_flight_batches_over_kafka(tmp_path, kafka_broker):

@@ -197,7 +197,7 @@ class IncidentBuilder:
         """
         events = self.advance(anomaly.ts)
         node = self.topology.node_of(anomaly.signal, anomaly.labels)
-        incident = self._match(node, anomaly.ts)
+        incident = self._match(anomaly.series_id, node, anomaly.ts)
 
         if incident is None:
             incident = self._start(anomaly)
@@ -249,14 +249,30 @@ class IncidentBuilder:
         ordered = sorted(self._open.values(), key=lambda i: (i.opened_at, i.incident_id))
         return [self._snapshot(incident, now) for incident in ordered]
 
-    def _match(self, node: str, ts: float) -> _OpenIncident | None:
-        # The oldest related incident wins, so concurrent incidents never swap anomalies.
-        for incident in sorted(self._open.values(), key=lambda i: (i.opened_at, i.incident_id)):
-            if ts - incident.last_seen > self.window:
-                continue
-            if any(self.topology.related(node, f.node) for f in incident.findings.values()):
-                return incident
-        return None
+    def _match(self, series_id: int, node: str, ts: float) -> _OpenIncident | None:
+        # A series stays in the incident it joined, so concurrent incidents never swap
+        # anomalies; a new one joins the related incident with the strongest evidence for
+        # its node (a replica 100 times behind over a queue twice its usual depth), the
+        # oldest on a tie.
+        oldest_first = sorted(self._open.values(), key=lambda i: (i.opened_at, i.incident_id))
+        live = [incident for incident in oldest_first if ts - incident.last_seen <= self.window]
+        owner = next((i for i in live if series_id in i.findings), None)
+        if owner is not None:
+            return owner
+
+        strength = {id(i): self._evidence(i, node) for i in live}
+        related = [i for i in live if strength[id(i)] is not None]
+        return max(related, key=lambda i: strength[id(i)] or 0.0, default=None)
+
+    def _evidence(self, incident: _OpenIncident, node: str) -> float | None:
+        """The largest deviation among the incident's findings related to ``node``, or
+        None when none is related."""
+        related = [
+            finding
+            for finding in incident.findings.values()
+            if self.topology.related(node, finding.node)
+        ]
+        return max((abs(finding.change) for finding in related), default=None)
 
     def _start(self, anomaly: Anomaly) -> _OpenIncident:
         digest = xxhash.xxh64_hexdigest(f"{anomaly.series_id}:{anomaly.ts!r}".encode())

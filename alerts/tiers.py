@@ -7,18 +7,22 @@ condition holds on the incident's *active* findings decides:
 tier        alertname              when
 ==========  =====================  ==================================================
 page        BusinessKpiHurt        a KPI moves in its harmful direction (orders down,
-                                   checkout latency or errors up, stock sync delayed)
+                                   stock sync delayed) past its budget, or checkout
+                                   path latency is past the customers' budget
 page        DataAtRisk             replication is broken and no fresh backup exists
 info        DemandPeak             KPIs rose the welcome way (orders up) and only load
                                    signals (request rate, worker saturation) rose too
 ticket      ControlFailing         a control fails: backup stale, certificate expiring
 ticket      InfrastructureAnomaly  an infrastructure anomaly with no business impact yet
-info        TrendNotice            only trends and capacity notices
+info        TrendNotice            only trends and capacity notices, rising load
+                                   (request rates) included
 info        KpiShift               a KPI moved and nothing says which way hurts it
 ==========  =====================  ==================================================
 
-Which way hurts each KPI, and which signals make up each condition, are tables too
-(:data:`HARMFUL_DIRECTIONS`, :data:`CONDITIONS`), matched with shell-style patterns.
+Which way hurts each KPI, the budgets past which a move hurts, how many anomalies a KPI
+needs before it pages, and which signals make up each condition are tables too
+(:data:`HARMFUL_DIRECTIONS`, :data:`KPI_BUDGETS`, :data:`CUSTOMER_BUDGETS`,
+:data:`MIN_KPI_ANOMALIES`, :data:`CONDITIONS`), matched with shell-style patterns.
 :class:`TierTracker` follows each incident and emits an alert event whenever its tier
 or its impact changes, so an incident can climb from ticket to page and back.
 """
@@ -33,6 +37,7 @@ from typing import Any, Literal
 
 from alerts.incidents import EventKind, Finding, Incident, IncidentEvent
 from tillwatch.anomaly import Direction
+from tillwatch.errors import ConfigError
 
 Tier = Literal["page", "ticket", "info"]
 
@@ -99,6 +104,25 @@ CONDITIONS: Mapping[str, tuple[tuple[str, Direction], ...]] = {
     ),
 }
 
+# Where the business has a budget for a KPI, a move the harmful way hurts only past it:
+# stock that reaches the stores within two minutes is on time, whatever was expected.
+# (KPI pattern, level); first match wins; a KPI with no budget hurts at any level.
+KPI_BUDGETS: tuple[tuple[str, float], ...] = (
+    ("kpi.stock_sync_delay*", 120.0),
+)
+
+# Signals that time what customers feel though no KPI carries them, with the level past
+# which they feel it: Traefik's access-log quantiles of the checkout paths (2.5 s is the
+# shops' checkout budget; the webshop's is looser). (pattern, harmful direction, level).
+CUSTOMER_BUDGETS: tuple[tuple[str, Direction, float], ...] = (
+    ("traefik.path_latency_*", "up", 2.5),
+)
+
+# Anomalies a KPI finding without a budget needs before it pages. 1 pages on the first
+# anomalous sample: today's detectors flag a shift once at its onset, so a higher floor
+# would only delay true pages; raise it for detectors that flag every noisy minute.
+MIN_KPI_ANOMALIES = 1
+
 # Detectors whose verdicts are slow trends, not sudden breakage.
 TREND_DETECTORS: tuple[str, ...] = ("*trend*", "*forecast*", "*capacity*")
 
@@ -144,6 +168,14 @@ class TierPolicy:
         harmful_directions: (KPI pattern, harmful direction) pairs, first match wins.
         conditions: named (signal pattern, direction) sets used by the rules.
         trend_detectors: detector-name patterns whose verdicts count as trends.
+        kpi_budgets: (KPI pattern, level) pairs: the KPI hurts only past its level.
+        customer_budgets: (signal pattern, direction, level) of infrastructure signals
+            that hurt customers once past their level (checkout path latency).
+        min_kpi_anomalies: anomalies a KPI finding needs before it hurts, unless it is
+            past a budget; 1 pages on the first anomalous sample.
+
+    Raises:
+        ConfigError: when ``min_kpi_anomalies`` is below 1.
     """
 
     def __init__(
@@ -153,11 +185,22 @@ class TierPolicy:
         harmful_directions: Iterable[tuple[str, Direction]] = HARMFUL_DIRECTIONS,
         conditions: Mapping[str, tuple[tuple[str, Direction], ...]] = CONDITIONS,
         trend_detectors: Iterable[str] = TREND_DETECTORS,
+        kpi_budgets: Iterable[tuple[str, float]] = KPI_BUDGETS,
+        customer_budgets: Iterable[tuple[str, Direction, float]] = CUSTOMER_BUDGETS,
+        min_kpi_anomalies: int = MIN_KPI_ANOMALIES,
     ) -> None:
+        if min_kpi_anomalies < 1:
+            raise ConfigError(
+                f"alerts.tiers.min_kpi_anomalies: expected 1 or more, found "
+                f"{min_kpi_anomalies!r}; 1 pages on the first anomalous sample"
+            )
         self.rules = tuple(RULES if rules is None else rules)
         self.harmful_directions = tuple(harmful_directions)
         self.conditions = dict(conditions)
         self.trend_detectors = tuple(trend_detectors)
+        self.kpi_budgets = tuple(kpi_budgets)
+        self.customer_budgets = tuple(customer_budgets)
+        self.min_kpi_anomalies = min_kpi_anomalies
 
     def decide(self, incident: Incident) -> TierDecision:
         """Return the tier the incident's active findings call for.
@@ -182,8 +225,27 @@ class TierPolicy:
         return None
 
     def hurts(self, finding: Finding) -> bool:
-        """Whether a KPI finding moves the way that costs the business."""
-        return finding.is_kpi and finding.direction == self.harmful_direction(finding.signal)
+        """Whether a finding costs the business now: a KPI moving its harmful way, past its
+        budget if it has one and on enough anomalies if it has none, or a customer-facing
+        signal past its budget."""
+        if not finding.is_kpi:
+            return self.customer_hurt(finding)
+        if finding.direction != self.harmful_direction(finding.signal):
+            return False
+
+        budget = _first_match(finding.signal, self.kpi_budgets)
+        if budget is not None:
+            return _past(finding.observed, finding.direction, budget)
+        return finding.count >= self.min_kpi_anomalies
+
+    def customer_hurt(self, finding: Finding) -> bool:
+        """Whether an infrastructure finding is past the level at which customers feel it."""
+        return any(
+            finding.direction == direction
+            and fnmatchcase(finding.signal, pattern)
+            and _past(finding.observed, direction, level)
+            for pattern, direction, level in self.customer_budgets
+        )
 
     def welcome(self, finding: Finding) -> bool:
         """Whether a KPI finding moves opposite to its harmful direction (orders up)."""
@@ -205,6 +267,14 @@ class TierPolicy:
         return by_detector or self.meets("capacity", finding)
 
 
+def _first_match(signal: str, table: Iterable[tuple[str, float]]) -> float | None:
+    return next((level for pattern, level in table if fnmatchcase(signal, pattern)), None)
+
+
+def _past(observed: float, direction: Direction, level: float) -> bool:
+    return observed > level if direction == "up" else observed < level
+
+
 def _kpi_hurt(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
     return any(policy.hurts(finding) for finding in findings)
 
@@ -220,13 +290,18 @@ def _control_failing(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
     return any(policy.meets(name, finding) for name in controls for finding in findings)
 
 
+def _notice(policy: TierPolicy, finding: Finding) -> bool:
+    # More shoppers raise request rates before any KPI moves: a capacity notice, no fault.
+    return policy.is_trend(finding) or policy.meets("load", finding)
+
+
 def _infrastructure_anomaly(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
-    return any(not f.is_kpi and not policy.is_trend(f) for f in findings)
+    return any(not f.is_kpi and not _notice(policy, f) for f in findings)
 
 
 def _trend_only(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
     infra = [finding for finding in findings if not finding.is_kpi]
-    return bool(infra) and all(policy.is_trend(finding) for finding in infra)
+    return bool(infra) and all(_notice(policy, finding) for finding in infra)
 
 
 def _demand_peak(policy: TierPolicy, findings: tuple[Finding, ...]) -> bool:
@@ -263,7 +338,9 @@ RULES: tuple[TierRule, ...] = (
         _infrastructure_anomaly,
         "an infrastructure anomaly with no business impact yet",
     ),
-    TierRule("info", "TrendNotice", _trend_only, "a trend or capacity notice"),
+    TierRule(
+        "info", "TrendNotice", _trend_only, "a trend or capacity notice (load rising included)"
+    ),
     TierRule("info", "KpiShift", _kpi_moved, "a KPI moved; no rule says that direction hurts"),
 )
 

@@ -34,6 +34,7 @@ DEPENDS_ON: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "kpi.pickings_overdue": ("queue", "odoo"),
     "kpi.pickings_overdue_oldest_age_seconds": ("queue", "odoo"),
     "traefik_routes": ("traefik", "odoo"),
+    "tls_certificates": (),
     "odoo": ("postgres", "redis"),
     "queue": ("odoo", "postgres"),
     "postgres_replica": ("postgres",),
@@ -44,8 +45,11 @@ DEPENDS_ON: Mapping[str, tuple[str, ...]] = MappingProxyType({
 })
 
 # What a control guards: a fresh backup is what makes a broken replica survivable.
+# A valid certificate is what lets Traefik serve: until it expires it slows nothing, so
+# its countdown must not gather the KPIs' noise into its incident.
 PROTECTS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "backup": ("postgres", "postgres_replica"),
+    "tls_certificates": ("traefik",),
 })
 
 # Signal prefixes naming a node more precisely than the signal's first segment does;
@@ -61,6 +65,7 @@ SIGNAL_NODES: Mapping[str, str] = MappingProxyType({
     "traefik.latency_": "traefik_routes",
     "traefik.service_": "traefik_routes",
     "traefik.path_": "traefik_routes",
+    "traefik.tls_": "tls_certificates",
 })
 
 # The service label of a node's alerts when its series carry none (and for KPI-only
@@ -68,6 +73,7 @@ SIGNAL_NODES: Mapping[str, str] = MappingProxyType({
 SERVICES: Mapping[str, str] = MappingProxyType({
     "postgres_replica": "postgres",
     "traefik_routes": "traefik",
+    "tls_certificates": "traefik",
     "kpi.orders_per_minute": "odoo",
     "kpi.revenue_per_minute": "odoo",
     "kpi.stock_sync_delay_seconds": "queue",

@@ -4,8 +4,10 @@ Matching rules, in the order they apply:
 
 1. Each expected incident owns the window ``[start, end + grace]``. An alert belongs to it
    when its service is one the incident accepts and its active span ``[ts, end or ts]``
-   overlaps that window. Incidents are matched in start order; an alert belongs to at most
-   one incident, the earliest one it overlaps.
+   overlaps that window. An alert belongs to at most one incident: of those it overlaps,
+   the one that started last before the alert fired (a page at Friday noon belongs to
+   the worker pool starved at noon, not to the certificate counting down since
+   Thursday), else the earliest.
 2. The incident is *detected* when an alert belongs to it; the time to detect is the
    first such alert's ``ts`` minus the incident's start (0 when it was already firing).
    The tier given is the highest tier among its alerts: an incident may be raised as a
@@ -157,14 +159,15 @@ def score(
 def _assign(
     expected: Sequence[ExpectedIncident], detections: Sequence[Detection], grace: float
 ) -> dict[int, int]:
-    """Map each detection's position to the earliest-starting incident it overlaps."""
+    """Map each detection's position to the incident it belongs to: of those it overlaps,
+    the latest to start at or before it fired, else the earliest."""
     owner: dict[int, int] = {}
     order = sorted(range(len(expected)), key=lambda n: expected[n].start)
     for d, detection in enumerate(detections):
-        for n in order:
-            if _belongs(detection, expected[n], grace):
-                owner[d] = n
-                break
+        overlapped = [n for n in order if _belongs(detection, expected[n], grace)]
+        started = [n for n in overlapped if expected[n].start <= detection.ts]
+        if started or overlapped:
+            owner[d] = (started or overlapped)[-1 if started else 0]
     return owner
 
 

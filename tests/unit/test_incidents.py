@@ -269,3 +269,50 @@ def test_cache_misses_and_the_route_latency_they_cause_form_one_incident() -> No
 
     assert [event.kind for event in events] == ["updated"]
     assert events[0].incident.service == "redis"
+
+
+def test_a_new_series_joins_the_related_incident_with_the_strongest_evidence() -> None:
+    builder = IncidentBuilder()
+    queue = {"service": "queue", "channel": "root.stock_sync"}
+    replica = {"service": "postgres", "replica": "pg-replica-1"}
+
+    [blip] = builder.observe(anomaly(0, "queue.depth", "up", 9.0, 1.3, queue))
+    behind = anomaly(5, "postgres.replica_lag_seconds", "up", 13.0, 0.1, replica)
+    [lag] = builder.observe(behind)
+    [stock] = builder.observe(anomaly(10, "kpi.stock_sync_delay_seconds", "up", 300.0, 40.0))
+
+    assert blip.incident.incident_id != lag.incident.incident_id
+    assert stock.incident.incident_id == lag.incident.incident_id
+    assert stock.incident.service == "postgres"
+
+
+def test_a_series_stays_in_the_incident_it_joined() -> None:
+    builder = IncidentBuilder()
+    queue = {"service": "queue", "channel": "root.stock_sync"}
+    replica = {"service": "postgres", "replica": "pg-replica-1"}
+    builder.observe(anomaly(0, "queue.depth", "up", 9.0, 1.3, queue))
+    [stock] = builder.observe(anomaly(5, "kpi.stock_sync_delay_seconds", "up", 300.0, 40.0))
+    builder.observe(anomaly(10, "postgres.replica_lag_seconds", "up", 13.0, 0.1, replica))
+
+    builder.observe(anomaly(20, "kpi.stock_sync_delay_seconds", "up", 400.0, 40.0))
+
+    owner = next(
+        incident
+        for incident in builder.open_incidents(T0 + 20)
+        if any(f.signal.startswith("kpi.") for f in incident.findings)
+    )
+    assert owner.incident_id == stock.incident.incident_id
+    assert [f.count for f in owner.findings if f.signal.startswith("kpi.")] == [2]
+
+
+def test_a_certificate_countdown_does_not_gather_kpi_noise() -> None:
+    builder = IncidentBuilder()
+    cert = {"service": "traefik", "domain": "shop.acme.example", "serial": "3a9f1c"}
+
+    countdown = anomaly(0, "traefik.tls_cert_expiry_days", "down", 12.0, 50.0, cert)
+    [expiring] = builder.observe(countdown)
+    [orders] = builder.observe(anomaly(30, "kpi.revenue_per_minute", "down", 0.0, 16.0))
+
+    assert orders.kind == "opened"
+    assert expiring.incident.service == "traefik"
+    assert Topology().related("tls_certificates", "traefik")

@@ -106,15 +106,25 @@ def test_an_alert_that_resolved_before_the_incident_does_not_count():
     assert len(result.false_alarms) == 1
 
 
-def test_an_alert_overlapping_two_incidents_goes_to_the_earliest():
+def test_an_alert_overlapping_two_incidents_goes_to_the_one_started_last_before_it():
     first = ExpectedIncident("first", 1000, 2000, "odoo", "page")
     second = ExpectedIncident("second", 1500, 3000, "odoo", "page")
 
     result = score([second, first], [Detection(1700, "odoo", "page")])
 
+    assert _by_name(result, "second").detected
+    assert not _by_name(result, "first").detected
+    assert result.page_recall == 0.5
+
+
+def test_an_alert_firing_before_both_overlapping_incidents_goes_to_the_earliest():
+    first = ExpectedIncident("first", 1000, 2000, "odoo", "page")
+    second = ExpectedIncident("second", 1500, 3000, "odoo", "page")
+
+    result = score([second, first], [Detection(900, "odoo", "page", end=1800)])
+
     assert _by_name(result, "first").detected
     assert not _by_name(result, "second").detected
-    assert result.page_recall == 0.5
 
 
 def test_identical_alerts_are_each_counted():
@@ -194,3 +204,21 @@ def test_pages_without_a_ref_count_one_each():
     events = [Detection(4000, "redis", "page"), Detection(4100, "redis", "page")]
 
     assert len(score([LAG], events).false_alarms) == 2
+
+
+def test_an_alert_belongs_to_the_overlapping_incident_that_started_last_before_it():
+    # A certificate counting down for days, and a starved pool that starts inside it;
+    # both accept alerts that blame traefik.
+    cert = ExpectedIncident("cert", 0, 100_000, "traefik", "ticket")
+    pool = ExpectedIncident("pool", 60_000, 63_600, "odoo", "page", also_services=("traefik",))
+    events = [
+        Detection(500, "traefik", "ticket", ref="inc-cert"),
+        Detection(60_060, "traefik", "page", ref="inc-pool"),
+        Detection(59_000, "traefik", "info", end=61_000, ref="inc-early"),
+    ]
+
+    result = score([cert, pool], events)
+
+    assert [d.ref for d in _by_name(result, "cert").alerts] == ["inc-cert", "inc-early"]
+    assert [d.ref for d in _by_name(result, "pool").alerts] == ["inc-pool"]
+    assert (result.true_pages, result.over_paged) == (1, ())

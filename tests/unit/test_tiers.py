@@ -8,6 +8,7 @@ from alerts.incidents import Incident, IncidentBuilder
 from alerts.tiers import TierPolicy, TierRule, TierTracker
 from tests.unit.test_incidents import T0, anomaly
 from tillwatch.anomaly import Anomaly, Direction
+from tillwatch.errors import ConfigError
 
 
 def incident_of(*anomalies: Anomaly) -> Incident:
@@ -159,3 +160,51 @@ def test_quiet_incident_keeps_its_tier_until_it_resolves() -> None:
 
     assert quiet == []
     assert [(a.kind, a.decision.tier) for a in resolved] == [("resolved", "page")]
+
+
+def test_stock_sync_delay_pages_only_past_its_budget() -> None:
+    # Half a minute later than usual is noise; five minutes late is stock nobody can sell.
+    late = anomaly(0, "kpi.stock_sync_delay_seconds", "up", 60.0, 35.0)
+    very_late = anomaly(0, "kpi.stock_sync_delay_seconds", "up", 300.0, 55.0)
+
+    assert decide(late) == ("info", "KpiShift")
+    assert decide(very_late) == ("page", "BusinessKpiHurt")
+
+
+def test_checkout_path_latency_pages_past_the_customers_budget() -> None:
+    path = {"service": "traefik", "path": "/shop/checkout"}
+    slow = anomaly(0, "traefik.path_latency_p95_seconds", "up", 17.0, 0.9, path)
+    busy = anomaly(0, "traefik.path_latency_p95_seconds", "up", 1.4, 0.9, path)
+
+    assert decide(slow) == ("page", "BusinessKpiHurt")
+    assert decide(busy) == ("ticket", "InfrastructureAnomaly")
+
+
+def test_budgets_are_configurable() -> None:
+    late = incident_of(anomaly(0, "kpi.stock_sync_delay_seconds", "up", 60.0, 35.0))
+
+    strict = TierPolicy(kpi_budgets=[("kpi.stock_sync_delay*", 45.0)])
+
+    assert strict.decide(late).tier == "page"
+    assert TierPolicy(kpi_budgets=[]).decide(late).tier == "page"
+
+
+def test_a_kpi_without_budget_needs_min_kpi_anomalies_to_page() -> None:
+    first = anomaly(0, "kpi.orders_per_minute", "down", 1.0, 6.0)
+    again = anomaly(60, "kpi.orders_per_minute", "down", 0.0, 6.0)
+    policy = TierPolicy(min_kpi_anomalies=2)
+
+    assert policy.decide(incident_of(first)).tier == "info"
+    assert policy.decide(incident_of(first, again)).tier == "page"
+
+
+def test_min_kpi_anomalies_below_one_is_refused() -> None:
+    with pytest.raises(ConfigError, match="min_kpi_anomalies"):
+        TierPolicy(min_kpi_anomalies=0)
+
+
+def test_rising_load_alone_is_a_notice_not_a_ticket() -> None:
+    router = {"service": "odoo@file", "router": "webshop@file"}
+    requests = anomaly(0, "traefik.requests_per_second", "up", 10.8, 3.9, router)
+
+    assert decide(requests) == ("info", "TrendNotice")

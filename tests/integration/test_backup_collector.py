@@ -9,9 +9,9 @@ import pytest
 
 from collectors.backup import BackupCollector, parse_pgbackrest_info
 from collectors.base import TargetState, scrape
+from tests.readings import value
 from tests.services._support import wait_until
 from tests.services.pgbackrest import BackRestRepo
-from tillwatch.sample import SampleBatch
 
 pytestmark = pytest.mark.integration
 
@@ -30,20 +30,6 @@ CHECKED_SIGNALS = {
 # The stale stanza's RPO is short and main's long, so that reading "ten minutes later"
 # finds one stanza stale and the other not, whatever the set-up took.
 RPO = {"rpo_seconds": 3600.0, "stanza_rpo_seconds": {"stale": 300.0}}
-
-
-def values(batch: SampleBatch, signal: str, **labels: str) -> list[float]:
-    return [
-        sample.value
-        for sample in batch.samples()
-        if sample.signal == signal and labels.items() <= dict(sample.labels).items()
-    ]
-
-
-def value(batch: SampleBatch, signal: str, **labels: str) -> float:
-    found = values(batch, signal, **labels)
-    assert len(found) == 1, f"{signal} {labels}: expected one value, found {found}"
-    return found[0]
 
 
 def collector(repo: BackRestRepo, **options) -> BackupCollector:

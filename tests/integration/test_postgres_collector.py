@@ -13,6 +13,7 @@ import pytest
 
 from collectors.base import TargetState, scrape
 from collectors.postgres import PostgresCollector, sender_lag
+from tests.readings import value, values
 from tests.services._support import wait_until
 from tests.services.postgres import PASSWORD, PASSWORD_ROLE, PgCluster, PgNode, database_name
 from tillwatch.errors import ConfigError
@@ -38,22 +39,6 @@ CHECKED_SIGNALS = {
     "postgres.database_size_bytes",
     "postgres.oldest_transaction_age_seconds",
 }
-
-
-def values(batch: SampleBatch, signal: str, **labels: str) -> list[float]:
-    """Every value of ``signal`` in the batch whose labels include ``labels``."""
-    return [
-        sample.value
-        for sample in batch.samples()
-        if sample.signal == signal and labels.items() <= dict(sample.labels).items()
-    ]
-
-
-def value(batch: SampleBatch, signal: str, **labels: str) -> float:
-    """The one value of ``signal`` with ``labels``; fails when there is not exactly one."""
-    found = values(batch, signal, **labels)
-    assert len(found) == 1, f"{signal} {labels}: expected one value, found {found}"
-    return found[0]
 
 
 class Target:

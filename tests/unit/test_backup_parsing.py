@@ -28,6 +28,7 @@ from collectors.backup import (
     wal_segment_number,
 )
 from collectors.base import TargetState, scrape
+from tests.readings import value, values
 from tillwatch.errors import ConfigError
 from tillwatch.sample import SampleBatch
 
@@ -61,20 +62,6 @@ def replaying(path: Path, **options) -> BackupCollector:
     """A collector whose command prints ``path`` (the tool's own arguments are ignored)."""
     command = ("sh", "-c", 'cat "$0"', str(path))
     return BackupCollector(labels={"instance": "test"}, command=command, **options)
-
-
-def values(batch: SampleBatch, signal: str, **labels: str) -> list[float]:
-    return [
-        sample.value
-        for sample in batch.samples()
-        if sample.signal == signal and labels.items() <= dict(sample.labels).items()
-    ]
-
-
-def value(batch: SampleBatch, signal: str, **labels: str) -> float:
-    found = values(batch, signal, **labels)
-    assert len(found) == 1, f"{signal} {labels}: expected one value, found {found}"
-    return found[0]
 
 
 def stops(stanza: dict, kind: str) -> list[int]:
@@ -238,11 +225,14 @@ def test_failing_tool_runs_become_up_zero_with_a_code(tmp_path: Path) -> None:
     garbled = tmp_path / "garbled.json"
     garbled.write_text("{not json")
     cases: list[tuple[tuple[str, ...], dict[str, Any], str]] = [
-        (("sh", "-c", "echo 'ERROR: [041]: Permission denied' >&2; exit 41"), {},
-         "permission_denied"),
-        (("sh", "-c", "cat \"$0\"", str(garbled)), {}, "bad_response"),
+        (
+            ("sh", "-c", "echo 'ERROR: [041]: Permission denied' >&2; exit 41"),
+            {},
+            "permission_denied",
+        ),
+        (("sh", "-c", 'cat "$0"', str(garbled)), {}, "bad_response"),
         # pgBackRest exits 0 when the repo is unreadable, reporting stanza "[invalid]".
-        (("sh", "-c", "cat \"$0\"", str(UNREADABLE)), {}, "permission_denied"),
+        (("sh", "-c", 'cat "$0"', str(UNREADABLE)), {}, "permission_denied"),
         # The shell's child holds the pipes too: the whole process group must go.
         (("sh", "-c", "sleep 5; true"), {"timeout": 0.2}, "timeout"),
         ((str(tmp_path / "no-such-tool"),), {}, "refused"),

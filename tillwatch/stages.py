@@ -14,16 +14,20 @@ both paths run the same code.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from prometheus_client import REGISTRY
+
 from alerts.incidents import IncidentBuilder
 from alerts.notifier import AlertmanagerNotifier
 from alerts.tiers import AlertEvent, TierTracker
 from collectors.base import Collector
+from collectors.exporter import LatestValues
 from collectors.registry import COLLECTORS
 from collectors.scheduler import Scheduler
 from pipeline.codec import Decoder, encode
@@ -385,5 +389,19 @@ def build_stages(
         targets = build_collectors(resources.settings.collectors)
         if not targets:
             log.warning("no collectors configured: add [[collectors]] tables to tillwatch.toml")
-        scheduler = Scheduler(targets, on_batch=lambda b: publish_batch(resources.stream, b))
+        scheduler = Scheduler(targets, on_batch=lambda b: _collected(resources, b))
     return scheduler, stages
+
+
+def _collected(resources: Resources, batch: SampleBatch) -> None:
+    """Publish a scrape, and keep its values for /metrics under exporter names."""
+    publish_batch(resources.stream, batch)
+    latest_values().update(batch)
+
+
+@functools.cache
+def latest_values() -> LatestValues:
+    """The one exporter of collected values, registered on the default registry."""
+    exporter = LatestValues()
+    REGISTRY.register(exporter)
+    return exporter

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+from prometheus_client import REGISTRY
+
 from pipeline.storage import Storage
 from tests.services._support import wait_until
 from tillwatch import config
@@ -84,10 +86,14 @@ def test_example_config_runs_and_stores_every_collectors_samples(
     assert up == {
         f"{source}.up": 1.0 for source in ("postgres", "redis", "traefik", "odoo", "queue")
     }
+    # The same scrapes are served on /metrics under redis_exporter's names.
+    redis_labels = {"service": "redis", "instance": "cache-1:6379"}
+    assert REGISTRY.get_sample_value("redis_up", redis_labels) == 1.0
 
 
 def _up_signals(storage: Storage, database: str) -> dict[str, float]:
     rows = storage.client.query(
-        f"SELECT signal, max(value) FROM {database}.samples WHERE signal LIKE '%.up' GROUP BY signal"
+        f"SELECT signal, max(value) FROM {database}.samples"
+        " WHERE signal LIKE '%.up' GROUP BY signal"
     ).result_rows
     return dict(rows)

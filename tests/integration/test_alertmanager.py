@@ -108,7 +108,7 @@ def test_page_inhibits_tickets_of_the_same_service_only(
     alertmanager: AlertmanagerServer, tmp_path: Path
 ) -> None:
     notifier = notifier_for(alertmanager, tmp_path)
-    [page] = events_of(anomaly(0, "kpi.checkout_error_ratio", "up", 0.1, 0.01))
+    [page] = events_of(anomaly(0, "kpi.orders_per_minute", "down", 12.0, 40.0))
     [odoo_ticket] = events_of(anomaly(900, "odoo.worker_busy_ratio", "up", 0.97, 0.4))
     [redis_ticket] = events_of(anomaly(900, "redis.hit_ratio", "down", 0.3, 0.95))
     assert page.incident.service == odoo_ticket.incident.service == "odoo"

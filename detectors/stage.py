@@ -1,10 +1,20 @@
 """The detector stage: samples in, anomalies out, state kept across restarts.
 
-The stage owns one :class:`~detectors.ensemble.Ensemble` whose rows are the series it
-has seen, keyed by series id. A batch may hold several samples of one series; they are
-stepped in time order, one round per occurrence. A score at or above ``threshold``
-becomes an :class:`~tillwatch.anomaly.Anomaly` with the expected band around the
-ensemble's running level. The project lead wires the stage to the stream and storage.
+Each series goes to one detector family, chosen by its signal (:func:`family_of`):
+
+- order counts (``kpi.orders*``): :class:`~detectors.counts.PoissonCounts`, seasonal
+  Poisson rates, since a low-volume store is judged on counts, not on a normal law;
+- revenue (``kpi.revenue*``): the same count model, its learned dispersion absorbing
+  the basket;
+- other business KPIs (checkout latency and errors, stock delay):
+  :class:`~detectors.seasonal.Seasonal`, the robust hour-of-day-type profile;
+- everything else: the :class:`~detectors.ensemble.Ensemble`.
+
+KPI samples outside trading hours or inside a calendar event (``calendar``) are masked
+before the seasonal families see them: neutral, and not learned. A batch may hold several
+samples of one series; they are stepped in time order, one round per occurrence. A score
+at or above ``threshold`` becomes an :class:`~tillwatch.anomaly.Anomaly` naming the
+family that fired, the expected value and band, the observed value and the direction.
 """
 
 from __future__ import annotations
@@ -13,11 +23,28 @@ from pathlib import Path
 
 import numpy as np
 
+from detectors.calendar import Calendar
+from detectors.counts import PoissonCounts
 from detectors.ensemble import DEV, LEVEL, Ensemble, EnsembleConfig
+from detectors.seasonal import Seasonal
+from detectors.table import TableDetector
 from tillwatch.anomaly import Anomaly
 from tillwatch.sample import SampleBatch
 
-BAND_WIDTH = 4.0  # robust deviations either side of the level
+BAND_WIDTH = 4.0  # deviations either side of the expected value
+FAMILIES = ("ensemble", "seasonal", "counts", "revenue")
+SEASONAL_FAMILIES = ("seasonal", "counts", "revenue")
+
+
+def family_of(signal: str) -> str:
+    """The detector family that judges a signal."""
+    if signal.startswith("kpi.orders"):
+        return "counts"
+    if signal.startswith("kpi.revenue"):
+        return "revenue"
+    if signal.startswith("kpi."):
+        return "seasonal"
+    return "ensemble"
 
 
 class DetectorStage:
@@ -26,66 +53,144 @@ class DetectorStage:
     Args:
         threshold: score from which a sample becomes an anomaly.
         config: ensemble tuning (the NAB-measured default when omitted).
+        calendar: trading hours and calendar events masking business KPIs.
+        utc_offset_hours: local time of the shops, for the seasonal profiles' hours.
     """
 
-    def __init__(self, *, threshold: float = 0.5, config: EnsembleConfig | None = None) -> None:
+    def __init__(self, *, threshold: float = 0.5, config: EnsembleConfig | None = None,
+                 calendar: Calendar | None = None, utc_offset_hours: float = 0.0) -> None:
         self.threshold = threshold
+        self.calendar = calendar or Calendar()
         self.ensemble = Ensemble(0, config)
-        self._slots: dict[int, int] = {}
+        self.detectors: dict[str, TableDetector] = {
+            "ensemble": self.ensemble,
+            "seasonal": Seasonal(0, utc_offset_hours=utc_offset_hours),
+            # People are paged on these: a new series' first day is judged wider and
+            # verdicts need 8 decades of surprise (measured on a simulated week).
+            "counts": PoissonCounts(0, utc_offset_hours=utc_offset_hours, decades=8.0,
+                                    widen_alone=True),
+            # Money is a count of orders times a basket: the learned dispersion
+            # absorbs the basket, so the same count model judges it.
+            "revenue": PoissonCounts(0, utc_offset_hours=utc_offset_hours, decades=8.0,
+                                     widen_alone=True),
+        }
+        self._slots: dict[str, dict[int, int]] = {name: {} for name in FAMILIES}
 
     def process(self, batch: SampleBatch) -> list[Anomaly]:
         """Score every sample of the batch (in time order per series); return anomalies."""
         if not len(batch):
             return []
-        slots = self._slots_of(batch)
-        order = np.lexsort((batch.ts, slots))
-        rank = _occurrence(slots[order])
+        families = np.array([family_of(s.signal) for s in batch.series])
+        of_sample = families[batch.series_ix.astype(np.int64)]
+        value = self._masked_values(batch)
         anomalies: list[Anomaly] = []
-        for round_ in range(int(rank.max()) + 1 if len(rank) else 0):
-            picked = order[rank == round_]
-            bands = self.ensemble.state[slots[picked]][:, [LEVEL, DEV]]
-            scores = self.ensemble.step(slots[picked], batch.ts[picked], batch.value[picked])
-            anomalies += self._verdicts(batch, picked, scores, bands)
-        return anomalies
+        for family in FAMILIES:
+            rows = np.flatnonzero(of_sample == family)
+            if len(rows):
+                anomalies += self._process_family(family, batch, rows, value)
+        return sorted(anomalies, key=lambda a: (a.ts, a.series_id))
 
     def snapshot(self, path: Path) -> None:
         """Write series ids and state so a restarted worker resumes without warm-up."""
-        ids = np.fromiter(self._slots, dtype=np.uint64, count=len(self._slots))
+        arrays = {}
+        for family in FAMILIES:
+            slots = self._slots[family]
+            arrays[f"{family}_ids"] = np.fromiter(slots, dtype=np.uint64, count=len(slots))
+            arrays[f"{family}_state"] = self.detectors[family].state
         with open(path, "wb") as handle:
-            np.savez(handle, ids=ids, state=self.ensemble.state)
+            np.savez(handle, **arrays)
 
     def restore(self, path: Path) -> None:
-        """Load a snapshot written by :meth:`snapshot`."""
+        """Load a snapshot written by :meth:`snapshot` (or by the ensemble-only stage)."""
         with np.load(path, allow_pickle=False) as saved:
-            self.ensemble.state = saved["state"].copy()
-            self._slots = {int(i): slot for slot, i in enumerate(saved["ids"].tolist())}
+            for family in FAMILIES:
+                prefix = f"{family}_" if f"{family}_ids" in saved else ""
+                if family == "ensemble" and "ids" in saved:
+                    prefix = ""
+                elif not prefix:
+                    continue
+                self.detectors[family].state = saved[f"{prefix}state"].copy()
+                self._slots[family] = {
+                    int(i): slot for slot, i in enumerate(saved[f"{prefix}ids"].tolist())
+                }
 
-    def _slots_of(self, batch: SampleBatch) -> np.ndarray:
-        """Slot of every sample, giving new series a fresh (cold) row."""
-        per_series = np.empty(len(batch.series), dtype=np.int64)
+    def _masked_values(self, batch: SampleBatch) -> np.ndarray:
+        """Sample values, NaN where the calendar says a KPI is not to be judged."""
+        value = batch.value.astype(float, copy=True)
+        if not (self.calendar.hours or self.calendar.events):
+            return value
+        series_ix = batch.series_ix.astype(np.int64)
         for ix, series in enumerate(batch.series):
-            per_series[ix] = self._slots.setdefault(series.id, len(self._slots))
-        self.ensemble.resize(len(self._slots))
-        return per_series[batch.series_ix.astype(np.int64)]
+            if family_of(series.signal) in SEASONAL_FAMILIES:
+                rows = np.flatnonzero(series_ix == ix)
+                value[rows[self.calendar.masked(batch.ts[rows], series.labels)]] = np.nan
+        return value
 
-    def _verdicts(self, batch: SampleBatch, picked: np.ndarray, scores: np.ndarray,
-                  bands: np.ndarray) -> list[Anomaly]:
+    def _process_family(self, family: str, batch: SampleBatch, rows: np.ndarray,
+                        value: np.ndarray) -> list[Anomaly]:
+        slots = self._slots_of(family, batch, rows)
+        order = rows[np.lexsort((batch.ts[rows], slots))]
+        slot_of = dict(zip(rows.tolist(), slots.tolist(), strict=True))
+        ordered_slots = np.array([slot_of[r] for r in order.tolist()], dtype=np.int64)
+        rank = _occurrence(ordered_slots)
+        anomalies: list[Anomaly] = []
+        for round_ in range(int(rank.max()) + 1):
+            picked = order[rank == round_]
+            picked_slots = ordered_slots[rank == round_]
+            bands = self._bands(family, picked_slots, batch.ts[picked])
+            scores = self.detectors[family].step(picked_slots, batch.ts[picked], value[picked])
+            anomalies += self._verdicts(family, batch, picked, picked_slots, scores, bands)
+        return anomalies
+
+    def _bands(self, family: str, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """``(expected, lower, upper)`` per sample, from the state before the sample."""
+        detector = self.detectors[family]
+        if family == "ensemble":
+            level, dev = detector.state[slots][:, LEVEL], detector.state[slots][:, DEV]
+            return np.column_stack([level, level - BAND_WIDTH * dev, level + BAND_WIDTH * dev])
+        return np.column_stack(detector.band(slots, ts, BAND_WIDTH))
+
+    def _slots_of(self, family: str, batch: SampleBatch, rows: np.ndarray) -> np.ndarray:
+        """Slot of each of the family's samples, giving new series a fresh (cold) row."""
+        slots = self._slots[family]
+        series_ix = batch.series_ix[rows].astype(np.int64)
+        per_series = {}
+        for ix in np.unique(series_ix).tolist():
+            per_series[ix] = slots.setdefault(batch.series[ix].id, len(slots))
+        self.detectors[family].resize(len(slots))
+        return np.array([per_series[ix] for ix in series_ix.tolist()], dtype=np.int64)
+
+    def _verdicts(self, family: str, batch: SampleBatch, picked: np.ndarray,
+                  picked_slots: np.ndarray, scores: np.ndarray, bands: np.ndarray
+                  ) -> list[Anomaly]:
         out = []
+        shortfall = getattr(self.detectors[family], "shortfall", None)
+        windowed = shortfall(picked_slots) if shortfall else None
         for i in np.flatnonzero(scores >= self.threshold).tolist():
             row = int(picked[i])
             series = batch.series[int(batch.series_ix[row])]
-            level, dev = float(bands[i, 0]), float(bands[i, 1])
+            expected, lower, upper = (float(v) for v in bands[i])
             observed = float(batch.value[row])
-            lower, upper = level - BAND_WIDTH * dev, level + BAND_WIDTH * dev
-            direction = "up" if observed > level else "down" if observed < level else "none"
+            direction = _direction(observed, expected, windowed[i] if windowed is not None
+                                   else 0.0)
             out.append(Anomaly(
                 ts=float(batch.ts[row]), series_id=series.id, signal=series.signal,
                 labels=dict(series.labels), score=float(scores[i]), observed=observed,
-                expected=level, lower=lower, upper=upper, direction=direction,
-                detector="ensemble",
-                explanation=f"{series.signal} at {observed:g}, expected {lower:g}..{upper:g}",
+                expected=expected, lower=lower, upper=upper, direction=direction,
+                detector=family,
+                explanation=(f"{family}: {series.signal} {direction} at {observed:g}, "
+                             f"expected {expected:g} ({lower:g}..{upper:g})"),
             ))
         return out
+
+
+def _direction(observed: float, expected: float, shortfall: float) -> str:
+    """Up or down against the expected value; a count model's window decides a tie."""
+    if observed > expected or (observed == expected and shortfall < 0):
+        return "up"
+    if observed < expected or (observed == expected and shortfall > 0):
+        return "down"
+    return "none"
 
 
 def _occurrence(sorted_slots: np.ndarray) -> np.ndarray:

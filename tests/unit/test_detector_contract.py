@@ -6,12 +6,16 @@ import numpy as np
 import pytest
 
 from detectors.base import NEUTRAL_SCORE, DetectorError, OneSeries
+from detectors.counts import PoissonCounts
 from detectors.cusum import Cusum
 from detectors.ensemble import Ensemble
+from detectors.seasonal import Seasonal
 
 FACTORIES = {
     "ensemble": lambda n: Ensemble(n),
     "cusum": lambda n: Cusum(n),
+    "seasonal": lambda n: Seasonal(n),
+    "counts": lambda n: PoissonCounts(n),
 }
 
 

@@ -44,3 +44,21 @@ def test_a_restored_stage_raises_no_warm_up_alarm(tmp_path):
     # Same verdicts as the worker that never stopped: no warm-up alarms.
     assert restored.process(after) == stage.process(after)
     np.testing.assert_array_equal(restored.ensemble.state, stage.ensemble.state)
+
+
+def test_a_normal_simulated_estate_raises_few_kpi_anomalies_and_names_the_detector():
+    from detectors.calendar import Calendar, TradingHours
+    from estate.simulator import DAY, Simulator
+
+    simulator = Simulator(seed=3)
+    hours = [TradingHours({"store": s.name}, s.hours) for s in simulator.estate.stores]
+    stage = DetectorStage(calendar=Calendar(hours=hours))
+    anomalies = []
+    for batch in simulator.run(duration=2 * DAY):
+        anomalies += stage.process(batch)
+
+    orders = [a for a in anomalies if a.signal.startswith(("kpi.orders", "kpi.revenue"))]
+    # Two days of 5 stores' orders and revenue at one-minute steps: 28,800 samples.
+    assert len(orders) <= 10
+    assert {a.detector for a in anomalies} <= {"ensemble", "seasonal", "counts", "revenue"}
+    assert all(a.explanation.startswith(a.detector + ":") for a in anomalies)

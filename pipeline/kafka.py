@@ -259,7 +259,8 @@ class _Sender(threading.Thread):
         log.log(
             logging.WARNING if first else logging.DEBUG,
             "kafka %s: delivery failed (%s); %d records kept for retry",
-            self._stream.bootstrap, error, len(self._stream._buffer),
+            # str(): a record holding the exception would keep its frames (and sockets).
+            self._stream.bootstrap, str(error), len(self._stream._buffer),
         )
         # The producer reconnects by itself; only a fatal error calls for a new one.
         if not error.retriable:
@@ -312,7 +313,7 @@ class KafkaConsumerMember:
         except KafkaError as error:
             log.warning(
                 "kafka group %s on %s: commit failed (%s); the records will be redelivered",
-                self.group, self.topic, error,
+                self.group, self.topic, str(error),
             )
 
     def lag(self) -> int:

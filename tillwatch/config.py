@@ -145,6 +145,43 @@ class TelemetrySettings(_Model):
     )
 
 
+class TradingHoursSettings(_Model):
+    """Opening hours of the stores whose KPI series carry ``labels``."""
+
+    labels: dict[str, str] = Field(description='e.g. { store = "brussels" }')
+    week: list[list[float]] = Field(
+        description="7 entries Monday..Sunday: [open, close] in local hours, [] when closed",
+        min_length=7,
+        max_length=7,
+    )
+
+    @field_validator("week")
+    @classmethod
+    def _open_close(cls, week: list[list[float]]) -> list[list[float]]:
+        for day in week:
+            if day and (len(day) != 2 or not 0 <= day[0] < day[1] <= 24):
+                raise ValueError(f"{day} is not [open, close] with 0 <= open < close <= 24")
+        return week
+
+
+class CalendarEventSettings(_Model):
+    """An expected departure from the usual (holiday, promotion): KPIs are not judged."""
+
+    name: str
+    start: str = Field(description="ISO-8601 time, UTC when naive")
+    end: str = Field(description="ISO-8601 time, UTC when naive")
+    labels: dict[str, str] = Field(default_factory=dict, description="empty: every KPI")
+
+
+class DetectorSettings(_Model):
+    """How anomalies are judged."""
+
+    threshold: float = Field(default=0.5, gt=0, lt=1, description="score that is an anomaly")
+    utc_offset_hours: float = Field(default=0.0, ge=-12, le=14, description="local time - UTC")
+    trading_hours: list[TradingHoursSettings] = Field(default_factory=list)
+    events: list[CalendarEventSettings] = Field(default_factory=list)
+
+
 class CollectorSettings(_Model):
     """One target of one source; ``options`` go to the collector's constructor."""
 
@@ -164,6 +201,7 @@ class Settings(_Model):
     data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="where embedded data lives")
     stream: StreamSettings = StreamSettings()
     storage: StorageSettings = StorageSettings()
+    detectors: DetectorSettings = DetectorSettings()
     alerts: AlertSettings = AlertSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     collectors: list[CollectorSettings] = Field(default_factory=list)

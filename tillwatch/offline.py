@@ -27,7 +27,7 @@ from pipeline.replay import Pacer, Reject, ReplayChunk
 from pipeline.storage import Storage
 from pipeline.stream import TOPIC_DEADLETTER, Consumer, Record
 from tillwatch.anomaly import Anomaly
-from tillwatch.config import AlertSettings, Settings
+from tillwatch.config import AlertSettings, Settings, TradingHoursSettings
 from tillwatch.sample import SampleBatch
 from tillwatch.stages import (
     ConsumingStage,
@@ -248,8 +248,9 @@ def last_full_week(now: float) -> float:
     return DEFAULT_EPOCH + weeks * WEEK
 
 
-def _demo_settings(settings: Settings, out_dir: Path) -> Settings:
-    """The demo's own database and state folder, emptied, so every run starts cold."""
+def _demo_settings(settings: Settings, out_dir: Path, estate: Estate) -> Settings:
+    """The demo's own database and state folder, emptied, so every run starts cold, and
+    the simulated stores' trading hours, as a user would configure their own."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "detector-state.npz").unlink(missing_ok=True)
     (out_dir / "deadletter.jsonl").unlink(missing_ok=True)
@@ -257,7 +258,16 @@ def _demo_settings(settings: Settings, out_dir: Path) -> Settings:
 
     with Storage.open(storage.url, database=DEMO_DATABASE, migrate=False) as old:
         old.client.command(f"DROP DATABASE IF EXISTS {DEMO_DATABASE}")
-    return settings.model_copy(update={"storage": storage, "data_dir": out_dir})
+    hours = [
+        TradingHoursSettings(
+            labels={"store": store.name}, week=[list(day) if day else [] for day in store.hours]
+        )
+        for store in estate.stores
+    ]
+    detectors = settings.detectors.model_copy(update={"trading_hours": hours})
+    return settings.model_copy(
+        update={"storage": storage, "data_dir": out_dir, "detectors": detectors}
+    )
 
 
 def _clock(ts: float) -> str:
@@ -271,7 +281,7 @@ def demo(
     started = time.perf_counter()
     estate = Estate(epoch=last_full_week(time.time()))
     simulator, truth = simulate(load_scenarios(estate=estate), estate, seed=seed)
-    settings = _demo_settings(settings, out_dir)
+    settings = _demo_settings(settings, out_dir, estate)
 
     chunks = (ReplayChunk(batch) for batch in simulator.run())
     run = replay(settings, chunks, out_dir, progress=progress)

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY
 
@@ -44,11 +45,14 @@ from pipeline.stream import (
     open_stream,
 )
 from tillwatch.anomaly import Anomaly
-from tillwatch.config import CollectorSettings, Settings
+from tillwatch.config import CollectorSettings, DetectorSettings, Settings
 from tillwatch.errors import DecodeError, TillwatchError
 from tillwatch.sample import SampleBatch, Series
 from tillwatch.telemetry import BATCH_SECONDS, CONSUMER_LAG, SAMPLES_OUT, STAGE_LAG
 from tillwatch.tracing import stage_span
+
+if TYPE_CHECKING:
+    from detectors.calendar import Calendar
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +253,12 @@ class DetectorStage(ConsumingStage):
 
         self.decoder = Decoder()
         self.state_path = resources.settings.data_dir / "detector-state.npz"
-        self.detectors = detection.DetectorStage()
+        config = resources.settings.detectors
+        self.detectors = detection.DetectorStage(
+            threshold=config.threshold,
+            calendar=calendar_of(config),
+            utc_offset_hours=config.utc_offset_hours,
+        )
         if self.state_path.exists():
             self.detectors.restore(self.state_path)
         self.storage = resources.storage()
@@ -270,6 +279,19 @@ class DetectorStage(ConsumingStage):
     def close(self) -> None:
         # A restarted worker resumes from this snapshot instead of warming up again.
         self.detectors.snapshot(self.state_path)
+
+
+def calendar_of(config: DetectorSettings) -> Calendar:
+    """The detectors' calendar (trading hours and events) from the configuration."""
+    from detectors.calendar import Calendar, TradingHours
+
+    hours = [
+        TradingHours(
+            h.labels, [tuple(day) if day else None for day in h.week], config.utc_offset_hours
+        )
+        for h in config.trading_hours
+    ]
+    return Calendar.from_config([e.model_dump() for e in config.events], hours)
 
 
 class NotifierStage(ConsumingStage):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from prometheus_client import REGISTRY
+
 from pipeline.storage import Storage
 from pipeline.stream import TOPIC_SAMPLES, open_stream
 from tests.services._support import free_port, wait_until
@@ -144,3 +145,19 @@ def _metrics(port: int) -> str | None:
             return response.read().decode()
     except OSError:
         return None
+
+
+def test_run_on_embedded_defaults_starts_and_stops_cleanly(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tillwatch.cli", "run", "--duration", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "tillwatch running: role=all, 4 stage(s)" in result.stderr
+    assert "tillwatch stopped: role=all, drained" in result.stderr
+    assert (tmp_path / "tillwatch-data" / "clickhouse").is_dir()

@@ -19,8 +19,8 @@ from prometheus_client import REGISTRY
 from pipeline.codec import Decoder, encode
 from pipeline.deadletter import decode_samples
 from pipeline.stream import TOPIC_DEADLETTER, Record, open_stream
-from tests.services._support import wait_until
-from tillwatch.errors import StreamError
+from tests.services._support import free_port, wait_until
+from tillwatch.errors import StreamError, StreamFull
 from tillwatch.sample import SampleBatch, Series
 
 pytestmark = pytest.mark.integration
@@ -196,3 +196,21 @@ def test_producer_rides_out_a_broker_outage(own_kafka_broker, name, caplog):
     gc.collect()
 
     assert during > 20 and buffered == during
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_publish_to_an_absent_broker_applies_backpressure_then_stream_full(name, caplog):
+    caplog.set_level(logging.CRITICAL, logger="kafka")
+    nobody = f"kafka://127.0.0.1:{free_port()}"
+    stream = open_stream(nobody, max_buffered=2, publish_timeout=0.05)
+    stream.publish(name, b"kept-1")
+    stream.publish(name, b"kept-2")
+
+    with pytest.raises(StreamFull, match="2 records wait for 127.0.0.1"):
+        stream.publish(name, b"dropped")
+    dropped = REGISTRY.get_sample_value("tillwatch_stream_dropped_total", {"topic": name})
+    buffered = REGISTRY.get_sample_value("tillwatch_stream_buffered_records", {"topic": name})
+    stream.close(timeout=0.1)
+    gc.collect()
+
+    assert (dropped, buffered) == (1.0, 2.0)

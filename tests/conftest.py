@@ -1,4 +1,4 @@
-"""Shared pytest setup: every module in tests/services/ is a fixture plugin for a real service."""
+"""Shared pytest setup: each module in tests/services/ is a fixture plugin for a service."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""tillwatch replay: recorded samples through the whole pipeline, with outputs and dead letters."""
+"""tillwatch replay: recorded samples through the pipeline; bad lines are dead-lettered."""
 
 from __future__ import annotations
 

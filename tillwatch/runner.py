@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 
 from tillwatch import logs, tracing
 from tillwatch.config import Settings
-from tillwatch.errors import TillwatchError
+from tillwatch.errors import StreamError, TillwatchError
 from tillwatch.stages import STAGE_ORDER, ConsumingStage, Resources, build_stages
 from tillwatch.telemetry import BATCH_SECONDS
 
@@ -74,19 +74,28 @@ class Runner:
         """Stop collectors, flush the stream, then drain each stage in flow order."""
         if self.scheduler is not None:
             self.scheduler.stop()
-        self.resources.stream.flush(timeout=30)
+        delivered = self._flush()
 
         for stage in sorted(self.stages, key=lambda s: STAGE_ORDER.index(s.role)):
             stage.drain()
             # A downstream stage reads what this one published: flush before it drains.
-            self.resources.stream.flush(timeout=30)
+            delivered = self._flush() and delivered
         self.resources.close()
 
         failed = [stage for stage in self.stages if stage.failure]
         for stage in failed:
             log.error("stage %s failed: %s", stage.role, stage.failure)
         log.info("tillwatch stopped: role=%s, drained", self.role)
-        return 1 if failed else 0
+        return 0 if delivered and not failed else 1
+
+    def _flush(self) -> bool:
+        """Flush the stream; on failure say what stays undelivered and carry on draining."""
+        try:
+            self.resources.stream.flush(timeout=30)
+        except StreamError as error:
+            log.error("stream not flushed while stopping: %s", error)
+            return False
+        return True
 
 
 def run(settings: Settings, *, role: str = "all", duration: float | None = None) -> int:

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tillwatch import config as config_module
 from tillwatch.errors import TillwatchError
@@ -19,14 +20,12 @@ from tillwatch.errors import TillwatchError
 ROLES = ("all", "collector", "sink", "detector", "notifier")
 
 
-def _env_default(
-    parser: argparse.ArgumentParser, flag: str, env: str, **kwargs: object
-) -> None:
+def _env_default(parser: argparse.ArgumentParser, flag: str, env: str, **kwargs: Any) -> None:
     """Add ``flag`` whose default comes from ``env``, and say so in the help text."""
     help_text = f"{kwargs.pop('help', '')} [env: {env}]"
     parser.add_argument(
         flag, default=os.environ.get(env, kwargs.pop("default", None)), help=help_text, **kwargs
-    )  # type: ignore[arg-type]
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

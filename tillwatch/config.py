@@ -272,7 +272,7 @@ def _check_collectors(settings: Settings) -> list[str]:
 
 def _constructor_options(collector: type) -> dict[str, bool]:
     """Keyword options a collector accepts, mapped to whether each is required."""
-    parameters = inspect.signature(collector.__init__).parameters.values()
+    parameters = inspect.signature(collector).parameters.values()
     return {
         p.name: p.default is inspect.Parameter.empty
         for p in parameters

@@ -287,7 +287,9 @@ def calendar_of(config: DetectorSettings) -> Calendar:
 
     hours = [
         TradingHours(
-            h.labels, [tuple(day) if day else None for day in h.week], config.utc_offset_hours
+            h.labels,
+            [(day[0], day[1]) if day else None for day in h.week],
+            config.utc_offset_hours,
         )
         for h in config.trading_hours
     ]

@@ -6,22 +6,36 @@ import numpy as np
 import pytest
 
 from detectors.base import NEUTRAL_SCORE, DetectorError, OneSeries
+from detectors.burnrate import BurnRate
 from detectors.counts import PoissonCounts
 from detectors.cusum import Cusum
 from detectors.ensemble import Ensemble
 from detectors.seasonal import Seasonal
+from detectors.threshold import Threshold
 
-FACTORIES = {
+LEARNED = {
     "ensemble": lambda n: Ensemble(n),
     "cusum": lambda n: Cusum(n),
     "seasonal": lambda n: Seasonal(n),
     "counts": lambda n: PoissonCounts(n),
 }
+# Rules judge against a limit known in advance: they learn nothing, so the ranking test
+# (which injects shifts both ways) does not apply; their own tests cover their verdicts.
+RULES = {
+    "threshold": lambda n: Threshold(n, limit=105.0, clear=100.0, min_duration=120.0),
+    "burn_rate": lambda n: BurnRate(n, objective=0.99),
+}
+FACTORIES = {**LEARNED, **RULES}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
 def make(request):
     return FACTORIES[request.param]
+
+
+@pytest.fixture(params=sorted(LEARNED))
+def make_learned(request):
+    return LEARNED[request.param]
 
 
 def noisy_stream(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,14 +95,14 @@ def test_state_stays_bounded_over_a_million_samples(make):
     assert np.all(np.isfinite(detector.state[:, 2:]))
 
 
-def test_injected_anomalies_rank_above_chance(make):
+def test_injected_anomalies_rank_above_chance(make_learned):
     ts, value = noisy_stream(3000, seed=5)
     rng = np.random.default_rng(6)
     # Ten episodes of twenty samples each, 20 noise deviations off the usual course.
     starts = 500 + 250 * np.arange(10) + rng.integers(0, 100, 10)
     injected = (starts[:, None] + np.arange(20)[None, :]).ravel()
     value[injected] += np.repeat(rng.choice([-1, 1], 10) * 20, 20)
-    scores = run(make(1), ts, value)
+    scores = run(make_learned(1), ts, value)
 
     # Probability that an episode (its best score: detectors report an event once)
     # outranks a normal sample (AUC, ties half); chance is 0.5.

@@ -1,0 +1,118 @@
+"""Multivariate view of one service: an IsolationForest over all its series at once.
+
+Some trouble shows only jointly: a request rate that is normal, a latency that is normal,
+but not the two together. Each timestamp becomes one row, the service's series its
+columns (a series without a sample at that time repeats its last value). The forest is
+refitted in a background thread every ``refit_every`` rows on the last ``window`` rows;
+rows are scored online by the last fitted model, neutral until the first fit is done.
+
+The score maps scikit-learn's anomaly score ``s`` (about 0.5 for ordinary rows, towards 1
+for isolated ones) to ``(s - 0.5) / 0.5``, clipped to [0, 1]. State: the window of rows
+(bounded) and the fitted model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+
+import numpy as np
+from sklearn.ensemble import IsolationForest
+
+from detectors.base import NEUTRAL_SCORE, DetectorError
+
+log = logging.getLogger(__name__)
+
+
+class ServiceForest:
+    """Online scoring of one service's joint state with a periodically refitted forest.
+
+    Args:
+        n_series: series (columns) of the service.
+        window: rows kept for refitting.
+        refit_every: rows between refits (the first fit happens after that many rows).
+        n_estimators: trees per forest.
+        random_state: seed of every fit, so runs repeat.
+        background: refit in a thread (True) or in the caller (False, for replay).
+    """
+
+    def __init__(self, n_series: int, *, window: int = 2048, refit_every: int = 256,
+                 n_estimators: int = 50, random_state: int = 0,
+                 background: bool = True) -> None:
+        self.n_series, self.window, self.refit_every = n_series, window, refit_every
+        self.n_estimators, self.random_state = n_estimators, random_state
+        self.background = background
+        self._rows: deque[np.ndarray] = deque(maxlen=window)
+        self._last = np.full(n_series, np.nan)
+        self._since_fit = 0
+        self._model: IsolationForest | None = None
+        self._lock = threading.Lock()
+        self._fitting: threading.Thread | None = None
+
+    @property
+    def fitted(self) -> bool:
+        """Whether a model is available to score with."""
+        return self._model is not None
+
+    def step(self, row: np.ndarray) -> float:
+        """Score one timestamp's values (NaN: no sample, repeat the last), then learn it.
+
+        Args:
+            row: one value per series of the service.
+
+        Returns:
+            The row's score in [0, 1]; neutral until the first fit and while a series
+            has never had a value.
+
+        Raises:
+            DetectorError: when the row does not hold one value per series.
+        """
+        row = np.asarray(row, dtype=float)
+        if row.shape != (self.n_series,):
+            raise DetectorError(
+                f"service forest: expected one value per series ({self.n_series}), got "
+                f"shape {row.shape}; pass the service's series in a fixed order"
+            )
+        self._last = np.where(np.isnan(row), self._last, row)
+        if np.isnan(self._last).any():
+            return NEUTRAL_SCORE
+        score = self._score(self._last)
+        self._learn(self._last.copy())
+        return score
+
+    def wait(self) -> None:
+        """Block until a refit in progress has finished."""
+        fitting = self._fitting
+        if fitting is not None:
+            fitting.join()
+
+    def _score(self, row: np.ndarray) -> float:
+        with self._lock:
+            model = self._model
+        if model is None:
+            return NEUTRAL_SCORE
+        anomaly = -float(model.score_samples(row[None, :])[0])
+        return float(np.clip((anomaly - 0.5) / 0.5, 0.0, 1.0))
+
+    def _learn(self, row: np.ndarray) -> None:
+        self._rows.append(row)
+        self._since_fit += 1
+        busy = self._fitting is not None and self._fitting.is_alive()
+        if self._since_fit < self.refit_every or busy:
+            return
+        self._since_fit = 0
+        training = np.array(self._rows)
+        if not self.background:
+            self._fit(training)
+            return
+        self._fitting = threading.Thread(target=self._fit, args=(training,),
+                                         name="service-forest-fit", daemon=True)
+        self._fitting.start()
+
+    def _fit(self, training: np.ndarray) -> None:
+        model = IsolationForest(n_estimators=self.n_estimators,
+                                random_state=self.random_state).fit(training)
+        with self._lock:
+            self._model = model
+        log.debug("service forest refitted on %s rows", len(training))

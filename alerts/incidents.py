@@ -8,6 +8,11 @@ seen no anomaly for ``quiet_period`` seconds. A finding (one anomalous series) s
 *active* while its latest anomaly is younger than ``window``, so an incident's impact
 shrinks as KPIs recover even before it resolves.
 
+Every new reading is reported as an ``updated`` event, even when the set of anomalous
+series stays the same: a stock sync delay climbing past its budget changes the tier
+without changing the series. The tier tracker (:mod:`alerts.tiers`) decides which of
+these an operator needs to hear about.
+
 Pure logic: no I/O and no clock. Time is the anomalies' own ``ts`` or the ``now`` passed
 to :meth:`IncidentBuilder.advance`, so a replay gives the same incidents and ids.
 """
@@ -131,6 +136,14 @@ class Incident:
         """Active KPI findings: the business impact right now."""
         return tuple(finding for finding in self.active_findings if finding.is_kpi)
 
+    @property
+    def signature(self) -> tuple[object, ...]:
+        """What an operator sees change: which series are anomalous which way, and the
+        root cause and service blamed; readings excluded."""
+        active = tuple(sorted((f.series_id, f.direction) for f in self.active_findings))
+        root = self.root_cause.series_id if self.root_cause else None
+        return (active, root, self.service)
+
     def to_dict(self) -> dict[str, Any]:
         """Return the incident as JSON-ready data."""
         return dataclasses.asdict(self)
@@ -193,7 +206,9 @@ class IncidentBuilder:
 
         Returns:
             Resolutions of incidents gone quiet by ``anomaly.ts``, then the opening or
-            material update of the incident the anomaly joined.
+            update of the incident the anomaly joined: an update whenever the anomaly is
+            its series' newest reading or changes the incident's signature, so nothing
+            for a late arrival that changes neither.
         """
         events = self.advance(anomaly.ts)
         node = self.topology.node_of(anomaly.signal, anomaly.labels)
@@ -205,10 +220,11 @@ class IncidentBuilder:
         else:
             kind = "updated"
 
-        previous = self._fold(incident, anomaly, node)
+        previous = incident.signature
+        newest = self._fold(incident, anomaly, node)
         snapshot = self._snapshot(incident, anomaly.ts)
-        incident.signature = _signature(snapshot)
-        if kind == "opened" or incident.signature != previous:
+        incident.signature = snapshot.signature
+        if kind == "opened" or newest or incident.signature != previous:
             events.append(IncidentEvent(kind, anomaly.ts, snapshot))
         return events
 
@@ -238,7 +254,7 @@ class IncidentBuilder:
                 continue
 
             snapshot = self._snapshot(incident, now)
-            signature = _signature(snapshot)
+            signature = snapshot.signature
             if signature != incident.signature:
                 incident.signature = signature
                 events.append(IncidentEvent("updated", now, snapshot))
@@ -280,14 +296,14 @@ class IncidentBuilder:
         self._open[incident.incident_id] = incident
         return incident
 
-    def _fold(self, incident: _OpenIncident, anomaly: Anomaly, node: str) -> tuple[object, ...]:
-        previous = incident.signature
+    def _fold(self, incident: _OpenIncident, anomaly: Anomaly, node: str) -> bool:
+        """Fold the anomaly into its finding; return whether it is the newest reading."""
         known = incident.findings.get(anomaly.series_id)
         incident.findings[anomaly.series_id] = (
             known.folded(anomaly) if known else _first_finding(anomaly, node)
         )
         incident.last_seen = max(incident.last_seen, anomaly.ts)
-        return previous
+        return known is None or anomaly.ts >= known.last_seen
 
     def _snapshot(
         self, incident: _OpenIncident, now: float, resolved_at: float | None = None
@@ -355,13 +371,6 @@ def _first_finding(anomaly: Anomaly, node: str) -> Finding:
         score=anomaly.score,
         detector=anomaly.detector,
     )
-
-
-def _signature(incident: Incident) -> tuple[object, ...]:
-    # What makes an update worth telling: which series are anomalous which way, and why.
-    active = tuple(sorted((f.series_id, f.direction) for f in incident.active_findings))
-    root = incident.root_cause.series_id if incident.root_cause else None
-    return (active, root, incident.service)
 
 
 def describe(finding: Finding) -> str:

@@ -378,13 +378,17 @@ class AlertEvent:
 class TierTracker:
     """Follows incidents through their lifecycle and turns them into alert events.
 
+    The incident builder reports every new reading; the tracker re-decides the tier on
+    each and tells only what an operator would see change: the tier or rule, or the
+    incident's signature (which series are anomalous which way, the root cause).
+
     Args:
         policy: the tier policy; the default table when None.
     """
 
     def __init__(self, policy: TierPolicy | None = None) -> None:
         self.policy = policy or TierPolicy()
-        self._last: dict[str, TierDecision] = {}
+        self._last: dict[str, tuple[TierDecision, tuple[object, ...]]] = {}
 
     def apply(self, event: IncidentEvent) -> AlertEvent | None:
         """Return the alert event an incident event calls for, if any.
@@ -393,24 +397,28 @@ class TierTracker:
             event: an incident opened, updated or resolved.
 
         Returns:
-            The alert event; None for an update of an incident with nothing active left
-            (it keeps its tier until it resolves) or a resolution never alerted on.
+            The alert event; None for an update that changes neither the decision nor
+            the incident's signature, for an update of an incident with nothing active
+            left (it keeps its tier until it resolves), or a resolution never alerted on.
         """
-        incident_id = event.incident.incident_id
-        previous = self._last.get(incident_id)
+        incident = event.incident
+        previous = self._last.get(incident.incident_id)
         if event.kind == "resolved":
-            self._last.pop(incident_id, None)
+            self._last.pop(incident.incident_id, None)
             if previous is None:
                 return None
-            return AlertEvent("resolved", event.ts, event.incident, previous)
-        if previous is not None and not event.incident.active_findings:
+            return AlertEvent("resolved", event.ts, incident, previous[0])
+        if previous is not None and not incident.active_findings:
             return None
 
-        decision = self.policy.decide(event.incident)
-        self._last[incident_id] = decision
+        decision = self.policy.decide(incident)
+        told = (decision, incident.signature)
+        if previous == told:
+            return None
+        self._last[incident.incident_id] = told
         if previous is None:
-            return AlertEvent("opened", event.ts, event.incident, decision)
-        return AlertEvent("updated", event.ts, event.incident, decision, previous.tier)
+            return AlertEvent("opened", event.ts, incident, decision)
+        return AlertEvent("updated", event.ts, incident, decision, previous[0].tier)
 
     def apply_all(self, events: Iterable[IncidentEvent]) -> list[AlertEvent]:
         """Apply many incident events in order; return the alert events they caused."""

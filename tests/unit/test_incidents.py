@@ -156,16 +156,25 @@ def test_recovered_kpi_leaves_the_impact_before_the_incident_resolves() -> None:
     assert [f.signal for f in events[0].incident.active_findings] == ["postgres.locks_waiting"]
 
 
-def test_repeated_anomalies_of_the_same_series_do_not_emit_updates() -> None:
+def test_a_new_reading_of_the_same_series_is_an_update_with_the_same_signature() -> None:
     builder = IncidentBuilder()
-    builder.observe(anomaly(0, "redis.hit_ratio", "down", 0.5, 0.9))
+    [opened] = builder.observe(anomaly(0, "redis.hit_ratio", "down", 0.5, 0.9))
 
-    again = builder.observe(anomaly(15, "redis.hit_ratio", "down", 0.4, 0.9))
+    [again] = builder.observe(anomaly(15, "redis.hit_ratio", "down", 0.4, 0.9))
 
-    assert again == []
-    [incident] = builder.open_incidents(T0 + 15)
-    assert incident.findings[0].count == 2
-    assert incident.findings[0].observed == 0.4
+    assert again.kind == "updated"
+    assert again.incident.signature == opened.incident.signature
+    assert again.incident.findings[0].count == 2
+    assert again.incident.findings[0].observed == 0.4
+
+
+def test_a_late_reading_that_changes_nothing_emits_no_update() -> None:
+    builder = IncidentBuilder()
+    builder.observe(anomaly(10, "redis.hit_ratio", "down", 0.4, 0.9))
+
+    late = builder.observe(anomaly(5, "redis.hit_ratio", "down", 0.7, 0.9))
+
+    assert late == []
 
 
 def test_late_anomaly_widens_the_span_without_overwriting_the_newest_reading() -> None:

@@ -171,6 +171,33 @@ def test_stock_sync_delay_pages_only_past_its_budget() -> None:
     assert decide(very_late) == ("page", "BusinessKpiHurt")
 
 
+def test_a_kpi_climbing_past_its_budget_pages_once_the_cause_has_gone_quiet() -> None:
+    # A replica lag detector flags the onset only; stock sync keeps climbing after it.
+    builder, tracker = IncidentBuilder(window=300), TierTracker()
+    lag = anomaly(0, "postgres.replica_lag_seconds", "up", 13.0, 0.1)
+    delays = [
+        anomaly(60 * n, "kpi.stock_sync_delay_seconds", "up", 40.0 + 15 * n, 38.0)
+        for n in range(2, 12)
+    ]
+
+    alerts = tracker.apply_all(builder.observe_all([lag, *delays]))
+
+    told = [(a.ts - T0, a.decision.tier) for a in alerts]
+    assert told[0] == (0, "ticket")
+    # 130 s at minute 6 is the first reading past the 120 s budget; the lag went quiet at 5.
+    assert (360, "page") in told
+    assert all(tier != "page" for ts, tier in told if ts < 360)
+
+
+def test_readings_that_change_neither_tier_nor_signature_send_no_alert() -> None:
+    builder, tracker = IncidentBuilder(), TierTracker()
+    stream = [anomaly(15 * n, "redis.hit_ratio", "down", 0.5 - n / 100, 0.9) for n in range(5)]
+
+    alerts = tracker.apply_all(builder.observe_all(stream))
+
+    assert [(a.kind, a.decision.tier) for a in alerts] == [("opened", "ticket")]
+
+
 def test_checkout_path_latency_pages_past_the_customers_budget() -> None:
     path = {"service": "traefik", "path": "/shop/checkout"}
     slow = anomaly(0, "traefik.path_latency_p95_seconds", "up", 17.0, 0.9, path)

@@ -21,14 +21,20 @@ A scenario file (format in docs/simulator.md)::
     op = "ramp"
     value = 600.0
 
-Effects default to the ground-truth window; give ``start``/``end`` to an effect to move it.
-Loading validates everything against the estate, so a typo fails with the file, the key
-and the fix rather than a silent no-op.
+    [[calendar]]                 # optional: what a user would have put in the calendar
+    name = "flash sale"          # (a promotion, a holiday), as tillwatch.toml's
+    labels = { sales_channel = "website" }   # [detectors] events; window as effects
+
+Effects and calendar entries default to the ground-truth window; give ``start``/``end`` to
+move one. Loading validates everything against the estate, so a typo fails with the file,
+the key and the fix rather than a silent no-op. :func:`calendar_events` turns the
+calendar entries into the detector settings a user would have written.
 """
 
 from __future__ import annotations
 
 import re
+import time
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from estate.scoring import ExpectedIncident
 from estate.simulator import DAY, Effect, Estate, Simulator, layout, targets
+from tillwatch.config import CalendarEventSettings
 from tillwatch.errors import ConfigError
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -94,6 +101,21 @@ class EffectSpec(_Strict):
         return value if value is None else _moment(value)
 
 
+class CalendarSpec(_Strict):
+    """A calendar event the estate's owner planned and would have configured: KPIs of
+    the series carrying ``labels`` are not judged during it."""
+
+    name: str = Field(min_length=1, description="what it is, e.g. 'flash sale'")
+    labels: dict[str, str] = Field(default_factory=dict, description="{} = every KPI")
+    start: str | None = Field(default=None, description="defaults to the incident start")
+    end: str | None = Field(default=None, description="defaults to the incident end")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _valid_moment(cls, value: str | None) -> str | None:
+        return value if value is None else _moment(value)
+
+
 class GroundTruth(_Strict):
     """What a good pipeline should make of the scenario."""
 
@@ -119,6 +141,7 @@ class ScenarioSpec(_Strict):
     description: str
     ground_truth: GroundTruth
     effects: list[EffectSpec] = Field(min_length=1)
+    calendar: list[CalendarSpec] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +170,20 @@ class Scenario:
             for effect in self.spec.effects
         ]
 
+    def calendar(self, epoch: float) -> list[CalendarEventSettings]:
+        """The scenario's calendar entries as ``[detectors] events`` settings, in
+        simulated time starting at ``epoch``."""
+        truth = self.spec.ground_truth
+        return [
+            CalendarEventSettings(
+                name=entry.name,
+                start=_iso(epoch + week_offset(entry.start or truth.start)),
+                end=_iso(epoch + week_offset(entry.end or truth.end)),
+                labels=dict(entry.labels),
+            )
+            for entry in self.spec.calendar
+        ]
+
     def incident(self, epoch: float) -> ExpectedIncident:
         """The ground truth in simulated time starting at ``epoch``, for scoring."""
         truth = self.spec.ground_truth
@@ -159,6 +196,10 @@ class Scenario:
             also_services=tuple(truth.also_services),
             affected_kpis=tuple(truth.affected_kpis),
         )
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(ts))
 
 
 def load_scenario(path: Path | str, estate: Estate | None = None) -> Scenario:
@@ -224,6 +265,8 @@ def _check_against_estate(path: Path, spec: ScenarioSpec, estate: Estate) -> Non
             )
     for n, effect in enumerate(spec.effects):
         _check_effect(path, f"effects[{n}]", effect, known, spec)
+    for n, entry in enumerate(spec.calendar):
+        _check_calendar(path, f"calendar[{n}]", entry, emitted, spec)
 
 
 def _check_effect(
@@ -246,6 +289,25 @@ def _check_effect(
         )
     start = week_offset(effect.start or spec.ground_truth.start)
     if week_offset(effect.end or spec.ground_truth.end) <= start:
+        raise ScenarioError(f"{path}: {key}.end is not after its start; end it later")
+
+
+def _check_calendar(
+    path: Path,
+    key: str,
+    entry: CalendarSpec,
+    emitted: dict[str, list[dict[str, str]]],
+    spec: ScenarioSpec,
+) -> None:
+    kpis = [labels for signal, series in emitted.items() if signal.startswith("kpi.")
+            for labels in series]
+    if not any(all(s.get(k) == v for k, v in entry.labels.items()) for s in kpis):
+        raise ScenarioError(
+            f"{path}: {key}.labels: no KPI series has labels {entry.labels}; the "
+            f"calendar masks KPIs only, and theirs are {kpis}"
+        )
+    start = week_offset(entry.start or spec.ground_truth.start)
+    if week_offset(entry.end or spec.ground_truth.end) <= start:
         raise ScenarioError(f"{path}: {key}.end is not after its start; end it later")
 
 
@@ -293,3 +355,12 @@ def simulate(
     effects = [effect for s in scenarios for effect in s.effects(estate.epoch)]
     truth = [s.incident(estate.epoch) for s in scenarios]
     return Simulator(estate, seed=seed, effects=effects), truth
+
+
+def calendar_events(
+    scenarios: Sequence[Scenario], estate: Estate | None = None
+) -> list[CalendarEventSettings]:
+    """Every scenario's calendar entries, as the ``[detectors] events`` a user would have
+    configured for the simulated week (the demo passes them like the trading hours)."""
+    epoch = (estate or Estate()).epoch
+    return [event for scenario in scenarios for event in scenario.calendar(epoch)]

@@ -10,13 +10,16 @@ import pytest
 from estate.scenarios import (
     ScenarioError,
     builtin_paths,
+    calendar_events,
     load_scenario,
     load_scenarios,
     simulate,
     week_offset,
 )
-from estate.simulator import DAY, WEEK, Simulator, by_series
+from estate.simulator import DAY, WEEK, Estate, Simulator, by_series, layout
+from tillwatch.config import DetectorSettings
 from tillwatch.sample import parse_series_key
+from tillwatch.stages import calendar_of
 
 SEED = 21
 REQUIRED = {
@@ -119,6 +122,26 @@ def test_scenarios_that_expect_no_page_leave_checkout_within_budget(path):
     assert checked == 2
 
 
+def test_the_promotion_triples_web_orders_without_saturating_the_platform(baseline):
+    # The flash sale is good news: every router answers well under the shops' 2.5 s
+    # checkout budget, 5xx stay at their floor, and web orders follow the tripled demand.
+    [promotion] = [p for p in builtin_paths() if p.stem == "promotion-peak"]
+    simulator, (truth,) = simulate([load_scenario(promotion)], seed=SEED)
+    run = by_series(simulator.run(duration=WEEK))
+
+    def inside(key: str, rows: np.ndarray) -> np.ndarray:
+        return rows[(rows[:, 0] >= truth.start) & (rows[:, 0] < truth.end), 1]
+
+    for key, rows in run.items():
+        if key.startswith("traefik.latency_p95_seconds"):
+            assert inside(key, rows).max() < 1.5, key
+        if key.startswith("traefik.server_error_ratio"):
+            assert inside(key, rows).max() < 0.01, key
+    [web] = [k for k in run if k.startswith("kpi.orders_per_minute") and "website" in k]
+    ratio = inside(web, run[web]).sum() / inside(web, baseline[web]).sum()
+    assert 2.7 < ratio < 3.3
+
+
 def test_effects_default_to_the_ground_truth_window_and_may_move(tmp_path):
     path = tmp_path / "moved.toml"
     path.write_text(VALID + 'start = "wed 00:00"\nend = "wed 01:30"\n')
@@ -196,6 +219,15 @@ def _write(tmp_path: Path, text: str) -> Path:
             r"affected_kpis.*kpi\.orders_per_minute",
         ),
         (lambda t: t.replace('name = "custom"', 'name = "custom'), r"cannot read scenario"),
+        (
+            lambda t: t + '[[calendar]]\nname = "sale"\nlabels = { store = "paris" }\n',
+            r"calendar\[0\]\.labels.*KPIs only",
+        ),
+        (
+            lambda t: t + '[[calendar]]\nname = "sale"\nstart = "tue 16:00"\n',
+            r"calendar\[0\]\.end.*not after",
+        ),
+        (lambda t: t + "[[calendar]]\nstart = 'tue 14:00'\n", r"calendar\.0\.name.*add it"),
     ],
 )
 def test_invalid_scenarios_name_the_file_the_key_and_the_fix(tmp_path, edit, expected):
@@ -222,3 +254,34 @@ def test_a_folder_of_user_scenarios_runs_with_its_effect(tmp_path, baseline):
     run = by_series(simulator.run(duration=2 * DAY))
     assert [t.name for t in truth] == ["custom"]
     assert _changed(run, baseline, "redis.hit_ratio", truth[0].start, truth[0].end) > 0.25
+
+
+def test_calendar_entries_become_the_detector_events_a_user_would_configure(tmp_path):
+    (tmp_path / "custom.toml").write_text(
+        VALID
+        + '[[calendar]]\nname = "sale"\nlabels = { sales_channel = "website" }\n'
+        + '[[calendar]]\nname = "stocktake"\nstart = "wed 06:00"\nend = "wed 08:00"\n'
+    )
+    estate = Estate(epoch=Estate().epoch + 3 * WEEK)
+
+    sale, stocktake = calendar_events(load_scenarios([tmp_path]), estate)
+
+    assert (sale.name, sale.labels) == ("sale", {"sales_channel": "website"})
+    assert (sale.start, sale.end) == ("2026-01-27T14:00:00+00:00", "2026-01-27T15:00:00+00:00")
+    assert (stocktake.start, stocktake.labels) == ("2026-01-28T06:00:00+00:00", {})
+
+
+def test_the_promotion_calendar_masks_webshop_kpis_during_the_sale_only():
+    estate = Estate()
+    [promotion] = [s for s in load_scenarios(estate=estate) if s.name == "promotion-peak"]
+    truth = promotion.incident(estate.epoch)
+    calendar = calendar_of(DetectorSettings(events=promotion.calendar(estate.epoch)))
+    ts = np.array([truth.start - 60, truth.start, truth.end - 60, truth.end])
+
+    stores = layout(estate)["kpi.orders_per_minute"]
+    web = [labels for labels in stores if labels["sales_channel"] == "website"]
+    shops = [labels for labels in stores if labels["sales_channel"] == "pos"]
+
+    assert len(web) == 1 and len(shops) == 4
+    assert calendar.masked(ts, web[0]).tolist() == [False, True, True, False]
+    assert not any(calendar.masked(ts, labels).any() for labels in shops)

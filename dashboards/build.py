@@ -523,7 +523,7 @@ def render_target(sql: str, kind: str) -> dict[str, Any]:
         "datasource": dict(DATASOURCE),
         "editorType": "sql",
         "format": fmt,
-        "queryType": "timeSeries" if fmt == TIME_SERIES else "table",
+        "queryType": "timeseries" if fmt == TIME_SERIES else "table",
         "rawSql": sql,
         "refId": "A",
     }

@@ -117,8 +117,8 @@ class Panel:
         title: the panel title.
         sql: the query, with ``tillwatch.`` table prefixes and plugin macros.
         unit: Grafana unit id (``s``, ``percentunit``, ``short`` ...).
-        kind: Grafana panel type: ``timeseries``, ``stat``, ``table``, ``state-timeline``,
-            ``barchart``.
+        kind: Grafana panel type: ``timeseries``, ``stat``, ``table`` or
+            ``state-timeline``.
         grid: x, y, width, height (24 columns; 30 px rows).
         description: what the panel answers, shown on hover.
         options: panel options merged over the kind's defaults.
@@ -179,7 +179,6 @@ _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
                    "showPoints": "never", "spanNulls": False},
         "format": TIME_SERIES,
     },
-    "barchart": {"options": {}, "custom": {}, "format": TIME_SERIES},
     "state-timeline": {
         "options": {"showValue": "never", "mergeValues": True, "rowHeight": 0.8,
                     "legend": {"displayMode": "list", "placement": "bottom",

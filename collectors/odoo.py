@@ -25,10 +25,10 @@ from typing import Any
 
 import psycopg
 import requests
-from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
 from collectors.base import Collector, Reading, SignalSpec
+from collectors.postgres import error_code
 from tillwatch.errors import ConfigError, SourceError
 from tillwatch.sample import MAX_LABEL_VALUE_LENGTH
 
@@ -42,13 +42,6 @@ POS_STATES = ("paid", "done", "invoiced")
 OPEN_PICKING_STATES = ("waiting", "confirmed", "assigned")
 
 # Driver message fragments mapped to the stable scrape error codes.
-_CONNECT_ERRORS = (
-    ("password authentication failed", "auth_failed"),
-    ("does not exist", "auth_failed"),
-    ("no pg_hba.conf entry", "auth_failed"),
-    ("connection refused", "refused"),
-    ("timeout", "timeout"),
-)
 
 # Labels: orders and revenue carry sales_channel (pos, website, back_office), company and,
 # for pos, store; picking signals carry company; cron signals only the target's labels.
@@ -167,7 +160,7 @@ class OdooDatabase:
         return self._conn
 
     def _source_error(self, failure: psycopg.Error) -> SourceError:
-        code = _error_code(failure)
+        code = error_code(failure)
         fixes = {
             "auth_failed": "check the role, database, password and pg_hba.conf",
             "refused": "check that PostgreSQL listens there",
@@ -179,15 +172,6 @@ class OdooDatabase:
         return SourceError(code, f"{self.who}: {self.target}: {first_line}; {fixes[code]}")
 
 
-def _error_code(failure: psycopg.Error) -> str:
-    if isinstance(failure, pg_errors.InsufficientPrivilege):
-        return "permission_denied"
-    if isinstance(failure, pg_errors.QueryCanceled):
-        return "timeout"
-    if isinstance(failure, psycopg.OperationalError) and failure.sqlstate is None:
-        text = str(failure).lower()
-        return next((code for fragment, code in _CONNECT_ERRORS if fragment in text), "refused")
-    return "bad_response"
 
 
 class OdooCollector(Collector):

@@ -75,6 +75,7 @@ DATABASE_RATES = {1: "postgres.commits_per_second", 2: "postgres.deadlocks_per_s
 SQLSTATE_CODES = {
     "28P01": "auth_failed",  # invalid_password
     "28000": "auth_failed",  # invalid_authorization_specification (no such role, hba reject)
+    "3D000": "auth_failed",  # invalid_catalog_name: the database to log in to does not exist
     "42501": "permission_denied",  # insufficient_privilege
     "57014": "timeout",  # query_canceled, by statement_timeout
     "57P01": "refused",  # admin_shutdown

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from alerts.tiers import AlertEvent
-from estate.scenarios import load_scenarios, simulate
+from estate.scenarios import calendar_events, load_scenarios, simulate
 from estate.scoring import Detection, Score, format_score, score
 from estate.simulator import DEFAULT_EPOCH, WEEK, Estate
 from pipeline.deadletter import deadletter_record
@@ -27,7 +27,12 @@ from pipeline.replay import Pacer, Reject, ReplayChunk
 from pipeline.storage import Storage
 from pipeline.stream import TOPIC_DEADLETTER, Consumer, Record
 from tillwatch.anomaly import Anomaly
-from tillwatch.config import AlertSettings, Settings, TradingHoursSettings
+from tillwatch.config import (
+    AlertSettings,
+    CalendarEventSettings,
+    Settings,
+    TradingHoursSettings,
+)
 from tillwatch.sample import SampleBatch
 from tillwatch.stages import (
     ConsumingStage,
@@ -248,9 +253,11 @@ def last_full_week(now: float) -> float:
     return DEFAULT_EPOCH + weeks * WEEK
 
 
-def _demo_settings(settings: Settings, out_dir: Path, estate: Estate) -> Settings:
+def _demo_settings(
+    settings: Settings, out_dir: Path, estate: Estate, events: list[CalendarEventSettings]
+) -> Settings:
     """The demo's own database and state folder, emptied, so every run starts cold, and
-    the simulated stores' trading hours, as a user would configure their own."""
+    the stores' trading hours and planned events, as a user would configure their own."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "detector-state.npz").unlink(missing_ok=True)
     (out_dir / "deadletter.jsonl").unlink(missing_ok=True)
@@ -264,7 +271,9 @@ def _demo_settings(settings: Settings, out_dir: Path, estate: Estate) -> Setting
         )
         for store in estate.stores
     ]
-    detectors = settings.detectors.model_copy(update={"trading_hours": hours})
+    detectors = settings.detectors.model_copy(
+        update={"trading_hours": hours, "events": [*settings.detectors.events, *events]}
+    )
     return settings.model_copy(
         update={"storage": storage, "data_dir": out_dir, "detectors": detectors}
     )
@@ -280,8 +289,9 @@ def demo(
     """Simulate a week with every built-in scenario, run the pipeline, score it."""
     started = time.perf_counter()
     estate = Estate(epoch=last_full_week(time.time()))
-    simulator, truth = simulate(load_scenarios(estate=estate), estate, seed=seed)
-    settings = _demo_settings(settings, out_dir, estate)
+    scenarios = load_scenarios(estate=estate)
+    simulator, truth = simulate(scenarios, estate, seed=seed)
+    settings = _demo_settings(settings, out_dir, estate, calendar_events(scenarios, estate))
 
     chunks = (ReplayChunk(batch) for batch in simulator.run())
     run = replay(settings, chunks, out_dir, progress=progress)

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-SAMPLES_IN = Counter(
-    "tillwatch_samples_in_total", "Samples a stage received", ["stage"]
-)
+SAMPLES_IN = Counter("tillwatch_samples_in_total", "Samples a stage received", ["stage"])
 SAMPLES_OUT = Counter(
     "tillwatch_samples_out_total", "Samples a stage passed on to the next", ["stage"]
 )
-SAMPLES_STORED = Counter(
-    "tillwatch_samples_stored_total", "Samples written to storage"
-)
+SAMPLES_STORED = Counter("tillwatch_samples_stored_total", "Samples written to storage")
 DEADLETTERED = Counter(
     "tillwatch_deadlettered_total", "Records sent to the dead-letter topic", ["stage", "reason"]
 )
@@ -29,10 +25,14 @@ STREAM_BUFFERED = Gauge(
     "tillwatch_stream_buffered_records", "Records waiting in the publish buffer", ["topic"]
 )
 STAGE_LAG = Gauge(
-    "tillwatch_stage_lag_seconds", "Now minus the newest sample time a stage processed", ["stage"]
+    "tillwatch_stage_lag_seconds",
+    "Now minus the newest sample time a stage processed",
+    ["stage"],
 )
 CONSUMER_LAG = Gauge(
-    "tillwatch_consumer_lag_records", "Records published and not yet committed", ["topic", "group"]
+    "tillwatch_consumer_lag_records",
+    "Records published and not yet committed",
+    ["topic", "group"],
 )
 BATCH_SECONDS = Histogram(
     "tillwatch_batch_seconds",
@@ -47,7 +47,9 @@ SCRAPE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0),
 )
 SCRAPE_ERRORS = Counter(
-    "tillwatch_scrape_errors_total", "Failed scrapes by source and error code", ["source", "code"]
+    "tillwatch_scrape_errors_total",
+    "Failed scrapes by source and error code",
+    ["source", "code"],
 )
 ALERT_EVENTS = Counter(
     "tillwatch_alert_events_total", "Tiered alert events the notifier handled", ["tier", "kind"]

@@ -74,12 +74,37 @@ class ServiceForest:
                 f"service forest: expected one value per series ({self.n_series}), got "
                 f"shape {row.shape}; pass the service's series in a fixed order"
             )
-        self._last = np.where(np.isnan(row), self._last, row)
-        if np.isnan(self._last).any():
-            return NEUTRAL_SCORE
-        score = self._score(self._last)
-        self._learn(self._last.copy())
-        return score
+        return float(self.step_many(row[None, :])[0])
+
+    def step_many(self, rows: np.ndarray) -> np.ndarray:
+        """Score, then learn, consecutive timestamps' rows in one call.
+
+        All rows are scored with the model fitted before the call (one call into
+        scikit-learn instead of one per row, which is what makes this affordable); they
+        are learned in order, so a refit may start during the call.
+
+        Args:
+            rows: ``(timestamps, series)`` values, NaN where a series has no sample.
+
+        Returns:
+            One score per row in [0, 1].
+
+        Raises:
+            DetectorError: when the rows do not hold one value per series.
+        """
+        rows = np.asarray(rows, dtype=float)
+        if rows.ndim != 2 or rows.shape[1] != self.n_series:
+            raise DetectorError(
+                f"service forest: expected rows of one value per series ({self.n_series}),"
+                f" got shape {rows.shape}; pass the service's series in a fixed order"
+            )
+        filled = self._forward_fill(rows)
+        scores = np.full(len(rows), NEUTRAL_SCORE)
+        complete = ~np.isnan(filled).any(axis=1)
+        scores[complete] = self._score_rows(filled[complete])
+        for row in filled[complete]:
+            self._learn(row)
+        return scores
 
     def wait(self) -> None:
         """Block until a refit in progress has finished."""
@@ -87,13 +112,21 @@ class ServiceForest:
         if fitting is not None:
             fitting.join()
 
-    def _score(self, row: np.ndarray) -> float:
+    def _forward_fill(self, rows: np.ndarray) -> np.ndarray:
+        """Each NaN replaced by its series' last value (NaN while it never had one)."""
+        filled = np.empty_like(rows)
+        for i, row in enumerate(rows):
+            self._last = np.where(np.isnan(row), self._last, row)
+            filled[i] = self._last
+        return filled
+
+    def _score_rows(self, rows: np.ndarray) -> np.ndarray:
         with self._lock:
             model = self._model
-        if model is None:
-            return NEUTRAL_SCORE
-        anomaly = -float(model.score_samples(row[None, :])[0])
-        return float(np.clip((anomaly - 0.5) / 0.5, 0.0, 1.0))
+        if model is None or not len(rows):
+            return np.full(len(rows), NEUTRAL_SCORE)
+        anomaly = -model.score_samples(rows)
+        return np.clip((anomaly - 0.5) / 0.5, 0.0, 1.0)
 
     def _learn(self, row: np.ndarray) -> None:
         self._rows.append(row)

@@ -10,6 +10,14 @@ Each series goes to one detector family, chosen by its signal (:func:`family_of`
   :class:`~detectors.seasonal.Seasonal`, the robust hour-of-day-type profile;
 - everything else: the :class:`~detectors.ensemble.Ensemble`.
 
+Signals with a known limit are judged by a rule instead (``rules``, first match wins,
+see :mod:`detectors.rules`): threshold rules with hysteresis and minimum duration (backup
+age, replication lag, certificate expiry) and SLO burn-rate rules (server error ratios).
+With ``multivariate=True`` each service's series are also judged jointly by a
+:class:`~detectors.forest.ServiceForest` (its anomalies carry ``detector="forest"`` and
+the signal ``service.joint`` labelled with the service); forests are refitted after a
+restart, not snapshotted.
+
 KPI samples outside trading hours or inside a calendar event (``calendar``) are masked
 before the seasonal families see them: neutral, and not learned. A batch may hold several
 samples of one series; they are stepped in time order, one round per occurrence. A score
@@ -19,6 +27,7 @@ family that fired, the expected value and band, the observed value and the direc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +35,12 @@ import numpy as np
 from detectors.calendar import Calendar
 from detectors.counts import PoissonCounts
 from detectors.ensemble import DEV, LEVEL, Ensemble, EnsembleConfig
+from detectors.forest import ServiceForest
+from detectors.rules import DEFAULT_RULES, Rule, rule_for
 from detectors.seasonal import Seasonal
 from detectors.table import TableDetector
 from tillwatch.anomaly import Anomaly
-from tillwatch.sample import SampleBatch
+from tillwatch.sample import SampleBatch, Series
 
 BAND_WIDTH = 4.0  # deviations either side of the expected value
 FAMILIES = ("ensemble", "seasonal", "counts", "revenue")
@@ -55,11 +66,17 @@ class DetectorStage:
         config: ensemble tuning (the NAB-measured default when omitted).
         calendar: trading hours and calendar events masking business KPIs.
         utc_offset_hours: local time of the shops, for the seasonal profiles' hours.
+        rules: rules for signals with known limits (:data:`DEFAULT_RULES` when
+            omitted; pass ``()`` for none).
+        multivariate: also judge each service's series jointly with an IsolationForest.
     """
 
     def __init__(self, *, threshold: float = 0.5, config: EnsembleConfig | None = None,
-                 calendar: Calendar | None = None, utc_offset_hours: float = 0.0) -> None:
+                 calendar: Calendar | None = None, utc_offset_hours: float = 0.0,
+                 rules: Sequence[Rule] | None = None, multivariate: bool = False) -> None:
         self.threshold = threshold
+        self.rules = tuple(DEFAULT_RULES if rules is None else rules)
+        self.multivariate = multivariate
         self.calendar = calendar or Calendar()
         self.ensemble = Ensemble(0, config)
         self.detectors: dict[str, TableDetector] = {
@@ -74,36 +91,61 @@ class DetectorStage:
             "revenue": PoissonCounts(0, utc_offset_hours=utc_offset_hours, decades=8.0,
                                      widen_alone=True),
         }
-        self._slots: dict[str, dict[int, int]] = {name: {} for name in FAMILIES}
+        self.families = (*FAMILIES, *(f"rule{i}" for i in range(len(self.rules))))
+        for i, rule in enumerate(self.rules):
+            self.detectors[f"rule{i}"] = rule.build(0)
+        self._slots: dict[str, dict[int, int]] = {name: {} for name in self.families}
+        self._family_cache: dict[int, str] = {}
+        self._forests: dict[str, tuple[list[int], ServiceForest]] = {}
+
+    def family_of(self, series: Series) -> str:
+        """The family judging a series: its rule's (``rule<i>``) if one matches."""
+        family = self._family_cache.get(series.id)
+        if family is None:
+            index = rule_for(series.signal, series.labels, self.rules)
+            family = family_of(series.signal) if index is None else f"rule{index}"
+            self._family_cache[series.id] = family
+        return family
 
     def process(self, batch: SampleBatch) -> list[Anomaly]:
         """Score every sample of the batch (in time order per series); return anomalies."""
         if not len(batch):
             return []
-        families = np.array([family_of(s.signal) for s in batch.series])
+        families = np.array([self.family_of(s) for s in batch.series])
         of_sample = families[batch.series_ix.astype(np.int64)]
         value = self._masked_values(batch)
         anomalies: list[Anomaly] = []
-        for family in FAMILIES:
+        for family in self.families:
             rows = np.flatnonzero(of_sample == family)
             if len(rows):
                 anomalies += self._process_family(family, batch, rows, value)
+        if self.multivariate:
+            anomalies += self._process_forests(batch)
         return sorted(anomalies, key=lambda a: (a.ts, a.series_id))
+
+    def settle(self) -> None:
+        """Wait for the service forests' background refits (for replays and tests)."""
+        for _, forest in self._forests.values():
+            forest.wait()
 
     def snapshot(self, path: Path) -> None:
         """Write series ids and state so a restarted worker resumes without warm-up."""
         arrays = {}
-        for family in FAMILIES:
+        for family in self.families:
             slots = self._slots[family]
             arrays[f"{family}_ids"] = np.fromiter(slots, dtype=np.uint64, count=len(slots))
             arrays[f"{family}_state"] = self.detectors[family].state
+        for i, rule in enumerate(self.rules):
+            arrays[f"rule{i}_rule"] = np.array([repr(rule)])
         with open(path, "wb") as handle:
             np.savez(handle, **arrays)
 
     def restore(self, path: Path) -> None:
         """Load a snapshot written by :meth:`snapshot` (or by the ensemble-only stage)."""
         with np.load(path, allow_pickle=False) as saved:
-            for family in FAMILIES:
+            for family in self.families:
+                if not self._same_rule(family, saved):
+                    continue
                 prefix = f"{family}_" if f"{family}_ids" in saved else ""
                 if family == "ensemble" and "ids" in saved:
                     prefix = ""
@@ -114,6 +156,17 @@ class DetectorStage:
                     int(i): slot for slot, i in enumerate(saved[f"{prefix}ids"].tolist())
                 }
 
+    def _same_rule(self, family: str, saved: np.lib.npyio.NpzFile) -> bool:
+        """Whether a rule family's saved state belongs to the same rule (always for others).
+
+        A changed rule table starts its rules afresh rather than misread another rule's
+        state.
+        """
+        if not family.startswith("rule"):
+            return True
+        key = f"{family}_rule"
+        return key in saved and str(saved[key][0]) == repr(self.rules[int(family[4:])])
+
     def _masked_values(self, batch: SampleBatch) -> np.ndarray:
         """Sample values, NaN where the calendar says a KPI is not to be judged."""
         value = batch.value.astype(float, copy=True)
@@ -121,7 +174,7 @@ class DetectorStage:
             return value
         series_ix = batch.series_ix.astype(np.int64)
         for ix, series in enumerate(batch.series):
-            if family_of(series.signal) in SEASONAL_FAMILIES:
+            if self.family_of(series) in SEASONAL_FAMILIES:
                 rows = np.flatnonzero(series_ix == ix)
                 value[rows[self.calendar.masked(batch.ts[rows], series.labels)]] = np.nan
         return value
@@ -145,6 +198,8 @@ class DetectorStage:
     def _bands(self, family: str, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """``(expected, lower, upper)`` per sample, from the state before the sample."""
         detector = self.detectors[family]
+        if family.startswith("rule"):
+            return self.rules[int(family[4:])].band(len(slots))
         if family == "ensemble":
             level, dev = detector.state[slots][:, LEVEL], detector.state[slots][:, DEV]
             return np.column_stack([level, level - BAND_WIDTH * dev, level + BAND_WIDTH * dev])
@@ -163,6 +218,8 @@ class DetectorStage:
     def _verdicts(self, family: str, batch: SampleBatch, picked: np.ndarray,
                   picked_slots: np.ndarray, scores: np.ndarray, bands: np.ndarray
                   ) -> list[Anomaly]:
+        if family.startswith("rule"):
+            return self._rule_verdicts(family, batch, picked, picked_slots, scores, bands)
         out = []
         shortfall = getattr(self.detectors[family], "shortfall", None)
         windowed = shortfall(picked_slots) if shortfall else None
@@ -182,6 +239,66 @@ class DetectorStage:
                              f"expected {expected:g} ({lower:g}..{upper:g})"),
             ))
         return out
+
+
+    def _rule_verdicts(self, family: str, batch: SampleBatch, picked: np.ndarray,
+                       picked_slots: np.ndarray, scores: np.ndarray, bands: np.ndarray
+                       ) -> list[Anomaly]:
+        """Anomalies of a firing rule, explained by the rule and its limit."""
+        rule, detector = self.rules[int(family[4:])], self.detectors[family]
+        out = []
+        for i in np.flatnonzero(scores >= self.threshold).tolist():
+            row = int(picked[i])
+            series = batch.series[int(batch.series_ix[row])]
+            expected, lower, upper = (float(v) for v in bands[i])
+            observed = float(batch.value[row])
+            out.append(Anomaly(
+                ts=float(batch.ts[row]), series_id=series.id, signal=series.signal,
+                labels=dict(series.labels), score=float(scores[i]), observed=observed,
+                expected=expected, lower=lower, upper=upper, direction=rule.direction(),
+                detector=rule.kind,
+                explanation=rule.explain(series.signal, observed, detector,
+                                         int(picked_slots[i])),
+            ))
+        return out
+
+    def _process_forests(self, batch: SampleBatch) -> list[Anomaly]:
+        """Judge each service's series jointly, one row per timestamp of the batch."""
+        series_ix = batch.series_ix.astype(np.int64)
+        by_service: dict[str, list[int]] = {}
+        for ix, series in enumerate(batch.series):
+            service = series.labels.get("service") or series.signal.split(".", 1)[0]
+            by_service.setdefault(service, []).append(ix)
+        anomalies = []
+        for service, members in sorted(by_service.items()):
+            rows = np.flatnonzero(np.isin(series_ix, members))
+            anomalies += self._judge_service(service, batch, rows)
+        return anomalies
+
+    def _judge_service(self, service: str, batch: SampleBatch, rows: np.ndarray
+                       ) -> list[Anomaly]:
+        ids = [batch.series[int(batch.series_ix[r])].id for r in rows.tolist()]
+        known, forest = self._forests.get(service, ([], None))
+        # A new series widens the service's rows: start its forest again.
+        if forest is None or not set(ids) <= set(known):
+            known = sorted(set(known) | set(ids))
+            forest = ServiceForest(len(known))
+            self._forests[service] = (known, forest)
+        column = {series_id: i for i, series_id in enumerate(known)}
+
+        stamps, at = np.unique(batch.ts[rows], return_inverse=True)
+        table = np.full((len(stamps), len(known)), np.nan)
+        table[at, [column[i] for i in ids]] = batch.value[rows]
+        scores = forest.step_many(table)
+        joint = Series.of("service.joint", {"service": service})
+        return [Anomaly(
+            ts=float(stamps[k]), series_id=joint.id, signal=joint.signal,
+            labels=dict(joint.labels), score=float(scores[k]), observed=float(scores[k]),
+            expected=0.0, lower=0.0, upper=self.threshold, direction="up",
+            detector="forest",
+            explanation=(f"forest: the {len(known)} series of {service} are unusual "
+                         f"together (isolation score {scores[k]:.2f})"),
+        ) for k in np.flatnonzero(scores >= self.threshold).tolist()]
 
 
 def _direction(observed: float, expected: float, shortfall: float) -> str:

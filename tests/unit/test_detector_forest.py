@@ -23,11 +23,10 @@ def test_a_joint_anomaly_no_single_series_shows_scores_above_normal_rows():
     # High load with the latency of an idle service: each value is within its range.
     odd = np.array([[145.0, 0.205, 5.0], [105.0, 0.295, 5.0]])
     forest = ServiceForest(3, refit_every=500, window=1000, background=False)
-    for row in rows[:600]:
-        forest.step(row)
+    forest.step_many(rows[:600])
 
-    normal = np.array([forest.step(row) for row in rows[600:]])
-    joint = np.array([forest.step(row) for row in odd])
+    normal = forest.step_many(rows[600:])
+    joint = forest.step_many(odd)
 
     assert odd[:, 0].min() > rows[:, 0].min() and odd[:, 1].max() < rows[:, 1].max()
     # Axis-parallel cuts isolate an off-diagonal point only moderately: it outranks
@@ -40,28 +39,26 @@ def test_scores_are_neutral_until_the_first_background_fit_then_repeat_with_the_
     runs = []
     for _ in range(2):
         forest = ServiceForest(3, refit_every=300, window=300)
-        early = [forest.step(row) for row in rows[:300]]
+        early = forest.step_many(rows[:300])
         forest.wait()
-        runs.append([forest.step(row) for row in rows[300:]])
-        assert set(early) == {NEUTRAL_SCORE} and forest.fitted
+        runs.append(forest.step_many(rows[300:]))
+        assert set(early.tolist()) == {NEUTRAL_SCORE} and forest.fitted
 
     np.testing.assert_array_equal(runs[0], runs[1])
-    assert min(runs[0]) >= 0.0 and max(runs[0]) <= 1.0
+    assert runs[0].min() >= 0.0 and runs[0].max() <= 1.0
 
 
 def test_a_missing_value_repeats_the_series_last_one():
     rows = correlated_rows(300, seed=3)
     forest = ServiceForest(3, refit_every=200, background=False)
-    for row in rows[:299]:
-        forest.step(row)
+    forest.step_many(rows[:299])
     gap = rows[299].copy()
     gap[1] = np.nan
     filled = rows[299].copy()
     filled[1] = rows[298, 1]
 
     twin = ServiceForest(3, refit_every=200, background=False)
-    for row in rows[:299]:
-        twin.step(row)
+    twin.step_many(rows[:299])
     assert forest.step(gap) == twin.step(filled)
 
 

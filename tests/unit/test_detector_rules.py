@@ -121,3 +121,17 @@ def test_burn_rate_forgets_minutes_older_than_six_hours():
 
 def test_burn_rate_state_is_under_four_kilobytes_per_series():
     assert BurnRate(10).state_bytes_per_series <= 4096
+
+
+def test_running_window_sums_agree_with_the_ring_at_any_sampling_rhythm():
+    rng = np.random.default_rng(11)
+    rule = BurnRate(objective=0.99)
+    one = OneSeries(rule)
+    ts = START
+    for _ in range(1500):
+        ts += float(rng.choice([15.0, 60.0, 61.0, 300.0, 4000.0], p=[.4, .4, .1, .09, .01]))
+        one.step_one(ts, float(rng.uniform(0, 0.05)))
+        for window in rule.windows:
+            total, count = rule._window(np.array([0]), window)
+            np.testing.assert_allclose(total / count / rule.budget,
+                                       rule.burn(np.array([0]), window), rtol=1e-9)

@@ -60,5 +60,104 @@ def test_a_normal_simulated_estate_raises_few_kpi_anomalies_and_names_the_detect
     orders = [a for a in anomalies if a.signal.startswith(("kpi.orders", "kpi.revenue"))]
     # Two days of 5 stores' orders and revenue at one-minute steps: 28,800 samples.
     assert len(orders) <= 10
-    assert {a.detector for a in anomalies} <= {"ensemble", "seasonal", "counts", "revenue"}
+    assert {a.detector for a in anomalies} <= {"ensemble", "seasonal", "counts", "revenue",
+                                                "threshold", "burn_rate"}
+    # A normal estate breaks no limit: every backup, replica and certificate is in order.
+    assert not [a for a in anomalies if a.detector in ("threshold", "burn_rate")]
     assert all(a.explanation.startswith(a.detector + ":") for a in anomalies)
+
+
+def rule_batch(signal: str, labels: dict, values, start: int = 0, every: float = 60.0):
+    builder = BatchBuilder()
+    for step, value in enumerate(values):
+        builder.add(1.7e9 + every * (start + step), signal, labels, float(value))
+    return builder.build()
+
+
+BACKUP = {"service": "backup", "stanza": "main"}
+
+
+def test_a_stale_backup_fires_the_built_in_rule_after_ten_minutes_naming_the_limit():
+    ages = 86_000 + 60.0 * np.arange(30)  # passes 86,400 s at the seventh sample
+    stage = DetectorStage()
+    anomalies = stage.process(rule_batch("backup.last_success_age_seconds",
+                                         {**BACKUP, "backup_type": "diff"}, ages))
+    full = stage.process(rule_batch("backup.last_success_age_seconds",
+                                    {**BACKUP, "backup_type": "full"}, ages + 86_400))
+
+    first_beyond = int(np.argmax(ages > 86_400))
+    assert [a.ts for a in anomalies][0] == 1.7e9 + 60.0 * (first_beyond + 10)
+    assert {a.detector for a in anomalies} == {"threshold"}
+    assert "above 86400 s for 600 s" in anomalies[0].explanation
+    assert anomalies[0].direction == "up" and anomalies[0].expected == 86_400
+    # A weekly full backup two days old is on schedule.
+    assert full == []
+
+
+def test_a_burning_error_ratio_fires_the_burn_rate_rule_with_its_windows():
+    ratios = [0.0] * 60 + [0.05] * 30
+    labels = {"service": "odoo", "router": "webshop"}
+    anomalies = DetectorStage().process(rule_batch("traefik.server_error_ratio", labels,
+                                                   ratios))
+
+    assert anomalies and {a.detector for a in anomalies} == {"burn_rate"}
+    assert anomalies[0].explanation.startswith("burn_rate: traefik.server_error_ratio")
+    assert "99.9% objective" in anomalies[0].explanation
+    # Two clean hours of history: the slow alert (6x over 6 h and 30 min) goes first,
+    # after 9 bad minutes (9 * 5 % / 69 min = 6.5x); the fast one joins at 18.
+    assert anomalies[0].ts == 1.7e9 + 60.0 * (60 + 8)
+    assert "6.5x over 360 min" in anomalies[0].explanation
+    assert "over 60 min" in anomalies[-1].explanation
+
+
+def test_without_rules_a_limited_signal_goes_to_the_ensemble():
+    stage = DetectorStage(rules=())
+    ages = 86_000 + 60.0 * np.arange(30)
+    stage.process(rule_batch("backup.last_success_age_seconds", BACKUP, ages))
+
+    assert stage.family_of(next(iter(rule_batch("backup.last_success_age_seconds",
+                                                BACKUP, [1.0]).series))) == "ensemble"
+    assert len(stage._slots["ensemble"]) == 1
+
+
+def test_a_firing_rule_keeps_firing_across_a_restart_but_not_across_a_new_rule(tmp_path):
+    lags = [600.0] * 10
+    labels = {"service": "postgres"}
+    stage = DetectorStage()
+    stage.process(rule_batch("postgres.replication_lag_seconds", labels, lags))
+    stage.snapshot(tmp_path / "stage.npz")
+    later = rule_batch("postgres.replication_lag_seconds", labels, lags[:1], start=10)
+
+    restored = DetectorStage()
+    restored.restore(tmp_path / "stage.npz")
+    from detectors.rules import ThresholdRule
+    changed = DetectorStage(rules=(ThresholdRule("postgres.*_lag_seconds", 300.0,
+                                                 min_duration=300.0),))
+    changed.restore(tmp_path / "stage.npz")
+
+    assert [a.detector for a in restored.process(later)] == ["threshold"]
+    # Another rule table: its rules start afresh and wait their minimum duration.
+    assert changed.process(later) == []
+
+
+def test_the_multivariate_view_flags_a_joint_anomaly_of_a_service():
+    rng = np.random.default_rng(4)
+    load = rng.uniform(0, 1, 700)
+    rate, latency = 100 + 50 * load, 0.2 + 0.1 * load + rng.normal(0, 0.002, 700)
+    rate[650], latency[650] = 148.0, 0.202  # busy, yet as fast as when idle
+    stage = DetectorStage(multivariate=True, threshold=0.9)
+    builder = BatchBuilder()
+    for step in range(700):
+        ts = 1.7e9 + 60.0 * step
+        builder.add(ts, "traefik.requests_per_second", {"service": "odoo"}, rate[step])
+        builder.add(ts, "traefik.latency_p95_seconds", {"service": "odoo"}, latency[step])
+    stage.process(builder.build())  # fits after 256 rows, in the background
+    stage.settle()
+    forest = stage._forests["odoo"][1]
+
+    series = builder.build().series
+    by_signal = {"traefik.requests_per_second": rate, "traefik.latency_p95_seconds": latency}
+    # The forest's columns follow the series ids in ascending order.
+    table = np.column_stack([by_signal[s.signal] for s in sorted(series, key=lambda s: s.id)])
+    scores = forest.step_many(table[600:])
+    assert scores[50] > np.quantile(np.delete(scores, 50), 0.9)

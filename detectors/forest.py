@@ -2,13 +2,28 @@
 
 Some trouble shows only jointly: a request rate that is normal, a latency that is normal,
 but not the two together. Each timestamp becomes one row, the service's series its
-columns (a series without a sample at that time repeats its last value). The forest is
+columns (a series without a sample at that time repeats its last value). Rows are
+standardised and rotated onto their principal axes before the forest sees them: the
+forest cuts along axes, and a point off the diagonal of two correlated series is
+extreme only along the minor principal axis, where a few cuts isolate it. The forest is
 refitted in a background thread every ``refit_every`` rows on the last ``window`` rows;
-rows are scored online by the last fitted model, neutral until the first fit is done.
+rows are scored online by the last fitted model, neutral until a model fitted on
+``warm_up`` rows is there.
 
-The score maps scikit-learn's anomaly score ``s`` (about 0.5 for ordinary rows, towards 1
-for isolated ones) to ``(s - 0.5) / 0.5``, clipped to [0, 1]. State: the window of rows
-(bounded) and the fitted model.
+Two views, the larger wins:
+
+- *isolation*, calibrated on the rows the model was fitted on: scikit-learn's anomaly
+  score ``s`` (about 0.5 for ordinary rows, towards 1 for isolated ones) maps to half its
+  rank among the training rows' scores, and beyond the highest of them to 0.5 .. 1 by how
+  far it goes towards 1. The raw ``s`` of ordinary rows varies a lot between services;
+  the rank does not.
+- *range*: how far the row leaves the training rows' range along any principal axis, in
+  that axis' standard deviations, 0.5 at three. A forest cannot see this: its cuts lie
+  within the training range, so a row far outside it lands in the same leaf as the most
+  extreme training row and scores no higher.
+
+So 0.5 or more means "more isolated than anything in the window, or well outside it".
+State: the window of rows (bounded) and the fitted transform, forest and calibration.
 """
 
 from __future__ import annotations
@@ -16,13 +31,42 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
+from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from detectors.base import NEUTRAL_SCORE, DetectorError
 
 log = logging.getLogger(__name__)
+
+RANGE_UNITS = 6.0  # standard deviations beyond the training range that score 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    """One refit: the rotation, the forest and what calibrates their scores."""
+
+    axes: Pipeline
+    forest: IsolationForest
+    known: np.ndarray  # training rows' anomaly scores, sorted
+    low: np.ndarray  # training range along each principal axis
+    high: np.ndarray
+    spread: np.ndarray  # standard deviation along each axis
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's score: the larger of the isolation and range views."""
+        rotated = self.axes.transform(rows)
+        anomaly = -self.forest.score_samples(rotated)
+        ceiling = self.known[-1]
+        rank = np.searchsorted(self.known, anomaly, side="left") / len(self.known)
+        beyond = np.clip((anomaly - ceiling) / max(1.0 - ceiling, 1e-9), 0.0, 1.0)
+        isolation = np.where(anomaly > ceiling, 0.5 + 0.5 * beyond, 0.5 * rank)
+        outside = np.maximum(rotated - self.high, self.low - rotated) / self.spread
+        return np.maximum(isolation, np.clip(outside.max(axis=1) / RANGE_UNITS, 0.0, 1.0))
 
 
 class ServiceForest:
@@ -35,18 +79,22 @@ class ServiceForest:
         n_estimators: trees per forest.
         random_state: seed of every fit, so runs repeat.
         background: refit in a thread (True) or in the caller (False, for replay).
+        warm_up: rows the model must have been fitted on before it scores (a day of
+            one-minute rows by default: a forest fitted on the night finds the whole
+            morning isolated).
     """
 
     def __init__(self, n_series: int, *, window: int = 2048, refit_every: int = 256,
                  n_estimators: int = 50, random_state: int = 0,
-                 background: bool = True) -> None:
+                 background: bool = True, warm_up: int = 1440) -> None:
         self.n_series, self.window, self.refit_every = n_series, window, refit_every
+        self.warm_up = warm_up
         self.n_estimators, self.random_state = n_estimators, random_state
         self.background = background
         self._rows: deque[np.ndarray] = deque(maxlen=window)
         self._last = np.full(n_series, np.nan)
         self._since_fit = 0
-        self._model: IsolationForest | None = None
+        self._model: _Fit | None = None
         self._lock = threading.Lock()
         self._fitting: threading.Thread | None = None
 
@@ -123,10 +171,9 @@ class ServiceForest:
     def _score_rows(self, rows: np.ndarray) -> np.ndarray:
         with self._lock:
             model = self._model
-        if model is None or not len(rows):
+        if model is None or len(model.known) < self.warm_up or not len(rows):
             return np.full(len(rows), NEUTRAL_SCORE)
-        anomaly = -model.score_samples(rows)
-        return np.clip((anomaly - 0.5) / 0.5, 0.0, 1.0)
+        return model.score(rows)
 
     def _learn(self, row: np.ndarray) -> None:
         self._rows.append(row)
@@ -144,8 +191,17 @@ class ServiceForest:
         self._fitting.start()
 
     def _fit(self, training: np.ndarray) -> None:
-        model = IsolationForest(n_estimators=self.n_estimators,
-                                random_state=self.random_state).fit(training)
+        axes = make_pipeline(StandardScaler(), PCA(random_state=self.random_state))
+        # A window where nothing moved has no variance to share out among the axes:
+        # PCA's explained-variance ratios (unused here) divide by zero.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rotated = axes.fit_transform(training)
+        forest = IsolationForest(n_estimators=self.n_estimators,
+                                 random_state=self.random_state).fit(rotated)
+        # A constant axis (a series that never moved) gets a floor, not a zero spread.
+        spread = np.maximum(rotated.std(axis=0), 1e-6)
+        model = _Fit(axes, forest, np.sort(-forest.score_samples(rotated)),
+                     rotated.min(axis=0), rotated.max(axis=0), spread)
         with self._lock:
             self._model = model
         log.debug("service forest refitted on %s rows", len(training))

@@ -267,6 +267,10 @@ class DetectorStage:
         series_ix = batch.series_ix.astype(np.int64)
         by_service: dict[str, list[int]] = {}
         for ix, series in enumerate(batch.series):
+            # A rule's signal has a known limit and is often a count-up or count-down
+            # (ages, days left): forever novel to a forest, so left to its rule.
+            if self.family_of(series).startswith("rule"):
+                continue
             service = series.labels.get("service") or series.signal.split(".", 1)[0]
             by_service.setdefault(service, []).append(ix)
         anomalies = []

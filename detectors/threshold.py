@@ -55,10 +55,6 @@ class Threshold(TableDetector):
             )
         super().__init__(n_slots, warm_up=0)
 
-    def firing(self, slots: np.ndarray) -> np.ndarray:
-        """Whether each series' rule is firing now."""
-        return self.state[np.asarray(slots, dtype=np.int64), FIRING] > 0
-
     def _advance(self, rows: np.ndarray, ts: np.ndarray, value: np.ndarray) -> np.ndarray:
         signed = self._sign * value
         beyond = signed > self._sign * self.limit

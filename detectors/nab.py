@@ -175,6 +175,8 @@ def run_nab(data_dir: Path, out_dir: Path, *, progress: bool = True,
                        config=asdict(config), seconds=seconds, rows=sum(map(len, scores)))
     for subset in SUBSETS:
         chosen = [r for r in rows if r.name.startswith(subset + "/")]
+        if not chosen:
+            continue  # a corpus without that category (a partial or custom one)
         report.subsets[subset] = {
             p.name: score_at(chosen, p, report.profiles[p.name].threshold) for p in PROFILES
         }

@@ -13,6 +13,11 @@ A shortfall matters in proportion to the trade at stake: the downward score is s
 the expected rate over ``quiet_share`` of the series' busiest rate, so a quiet Sunday
 night does not page while an empty busiest hour does. Samples scoring at least ``fire``
 teach the profile at a tenth of the usual rate.
+
+Each sample also records its *side*: +1 when the highest-scoring window and tail is a
+surplus, -1 when it is a shortfall. A surplus window may hold a minute with no sale (and
+a shortfall a minute with a big basket), so the direction of a verdict is the side, not
+one sample against the expected value.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class PoissonCounts(TableDetector):
                                    min_visits, widen_alone=widen_alone)
         self.columns = ("seen", "last_ts", "observed", "expected", "dispersion", "peak",
                         "observed_long", "expected_long") + self.profile.column_names()
+        self.columns += ("side",)
+        self._side = len(self.columns) - 1
         super().__init__(n_slots, warm_up=0)
 
     def _initial_rows(self, rows: np.ndarray) -> None:
@@ -87,32 +94,37 @@ class PoissonCounts(TableDetector):
         upper = (counts + half) / self.counts_per_value
         return np.where(known, mean, np.nan), lower, upper
 
-    def shortfall(self, slots: np.ndarray) -> np.ndarray:
-        """Expected minus observed counts over the recent window (negative: a surplus)."""
-        rows = self.state[np.asarray(slots, dtype=np.int64)]
-        return rows[:, EXPECTED] - rows[:, OBSERVED]
+    def side(self, slots: np.ndarray) -> np.ndarray:
+        """Side of each series' latest score: +1 when the window and tail that scored
+        highest is a surplus, -1 a shortfall, 0 before any learned sample."""
+        return self.state[np.asarray(slots, dtype=np.int64), self._side].copy()
 
     def _advance(self, rows: np.ndarray, ts: np.ndarray, value: np.ndarray) -> np.ndarray:
         mean, known, borrowed = self._lookup(rows, ts)
         # A count below zero is a broken collector, not a count: read it as none.
         counts = np.maximum(value, 0.0) * self.counts_per_value
         expected = np.where(known, mean * self.counts_per_value, counts)
-        score = np.zeros(len(rows))
+        score, side = np.zeros(len(rows)), np.zeros(len(rows))
         for obs, exp, window in ((OBSERVED, EXPECTED, self.window),
                                  (OBSERVED_LONG, EXPECTED_LONG, self.long_window)):
             decay = 1.0 - 1.0 / window
             rows[:, obs] = decay * rows[:, obs] + counts
             rows[:, exp] = decay * rows[:, exp] + expected
-            score = np.maximum(score, self._score(rows, borrowed, obs, exp, window))
+            short, surplus = self._score(rows, borrowed, obs, exp, window)
+            for tail, sign in ((short, -1.0), (surplus, 1.0)):
+                side = np.where(tail > score, sign, side)
+                score = np.maximum(score, tail)
         score = np.where(known, score, 0.0)
+        rows[:, self._side] = np.where(known, side, 0.0)
 
         self._learn_dispersion(rows, ts, counts)
         self._learn_profile(rows, ts, value, np.where(score >= self.fire, 0.1, 1.0))
         return score
 
     def _score(self, rows: np.ndarray, borrowed: np.ndarray, obs: int, exp: int,
-               window: float) -> np.ndarray:
-        """Poisson tails of one window's counts; shortfalls weighed by the trade at stake."""
+               window: float) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of one window's shortfall and surplus (Poisson tails); shortfalls
+        weighed by the trade at stake."""
         dispersion = rows[:, DISPERSION] * np.where(borrowed, self.borrow_dispersion, 1.0)
         observed = rows[:, obs] / dispersion
         expected = np.maximum(rows[:, exp] / dispersion, 1e-9)
@@ -126,7 +138,7 @@ class PoissonCounts(TableDetector):
         # Two windows, two sides each: the Bonferroni factor above is 4.
         at_stake = rows[:, exp] / (window * self.counts_per_value)
         relevance = np.clip(at_stake / (self.quiet_share * rows[:, PEAK] + 1e-12), 0.0, 1.0)
-        return np.maximum(to_score(low) * relevance, to_score(high))
+        return to_score(low) * relevance, to_score(high)
 
     def _lookup(self, rows: np.ndarray, ts: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

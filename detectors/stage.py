@@ -27,6 +27,7 @@ family that fired, the expected value and band, the observed value and the direc
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +42,8 @@ from detectors.seasonal import Seasonal
 from detectors.table import TableDetector
 from tillwatch.anomaly import Anomaly
 from tillwatch.sample import SampleBatch, Series
+
+log = logging.getLogger(__name__)
 
 BAND_WIDTH = 4.0  # deviations either side of the expected value
 FAMILIES = ("ensemble", "seasonal", "counts", "revenue")
@@ -151,10 +154,22 @@ class DetectorStage:
                     prefix = ""
                 elif not prefix:
                     continue
+                if not self._same_layout(family, saved[f"{prefix}state"]):
+                    continue
                 self.detectors[family].state = saved[f"{prefix}state"].copy()
                 self._slots[family] = {
                     int(i): slot for slot, i in enumerate(saved[f"{prefix}ids"].tolist())
                 }
+
+    def _same_layout(self, family: str, state: np.ndarray) -> bool:
+        """Whether a saved table has the family's columns; a snapshot from a version with
+        another layout is skipped (the family starts afresh) rather than misread."""
+        columns = len(self.detectors[family].columns)
+        if state.ndim == 2 and state.shape[1] == columns:
+            return True
+        log.warning("detector snapshot: %s state has shape %s, expected %d columns; "
+                    "starting that family afresh", family, state.shape, columns)
+        return False
 
     def _same_rule(self, family: str, saved: np.lib.npyio.NpzFile) -> bool:
         """Whether a rule family's saved state belongs to the same rule (always for others).
@@ -221,15 +236,17 @@ class DetectorStage:
         if family.startswith("rule"):
             return self._rule_verdicts(family, batch, picked, picked_slots, scores, bands)
         out = []
-        shortfall = getattr(self.detectors[family], "shortfall", None)
-        windowed = shortfall(picked_slots) if shortfall else None
+        # A count model judges windows, not the sample: its direction is the side of the
+        # window that scored highest (a surplus window may end on a minute without a sale).
+        side = getattr(self.detectors[family], "side", None)
+        sides = side(picked_slots) if side else None
         for i in np.flatnonzero(scores >= self.threshold).tolist():
             row = int(picked[i])
             series = batch.series[int(batch.series_ix[row])]
             expected, lower, upper = (float(v) for v in bands[i])
             observed = float(batch.value[row])
-            direction = _direction(observed, expected, windowed[i] if windowed is not None
-                                   else 0.0)
+            direction = _direction(observed, expected, sides[i] if sides is not None
+                                   else None)
             out.append(Anomaly(
                 ts=float(batch.ts[row]), series_id=series.id, signal=series.signal,
                 labels=dict(series.labels), score=float(scores[i]), observed=observed,
@@ -305,11 +322,14 @@ class DetectorStage:
         ) for k in np.flatnonzero(scores >= self.threshold).tolist()]
 
 
-def _direction(observed: float, expected: float, shortfall: float) -> str:
-    """Up or down against the expected value; a count model's window decides a tie."""
-    if observed > expected or (observed == expected and shortfall < 0):
+def _direction(observed: float, expected: float, side: float | None) -> str:
+    """The side of a count model's highest-scoring window when it has one, else the
+    sample against the expected value."""
+    if side:
+        return "up" if side > 0 else "down"
+    if observed > expected:
         return "up"
-    if observed < expected or (observed == expected and shortfall > 0):
+    if observed < expected:
         return "down"
     return "none"
 

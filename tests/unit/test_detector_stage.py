@@ -164,3 +164,38 @@ def test_the_multivariate_view_flags_a_joint_anomaly_of_a_service():
     assert joint[0].signal == "service.joint" and joint[0].labels == {"service": "odoo"}
     # Scored rows: the last 360 or so; "beyond every training row" is rare for the rest.
     assert len(joint) <= 5
+
+
+def test_a_surplus_window_reports_up_even_on_a_minute_without_a_sale():
+    rng = np.random.default_rng(5)
+    values = rng.poisson(10, 3 * 1440).astype(float)
+    burst = 2 * 1440 + 600
+    values[burst:burst + 30] = rng.poisson(30, 30)
+    values[burst + 20] = 0.0  # one empty minute inside the rush
+    builder = BatchBuilder()
+    for step, value in enumerate(values.tolist()):
+        builder.add(1.7e9 + 60.0 * step, "kpi.orders_per_minute", {"service": "odoo"}, value)
+
+    anomalies = DetectorStage().process(builder.build())
+
+    rush = [a for a in anomalies if burst <= (a.ts - 1.7e9) / 60 < burst + 30]
+    empty = [a for a in rush if a.observed == 0.0]
+    assert len(rush) >= 25 and empty
+    # The window scored a surplus: one minute's count below the expected rate is no drop.
+    assert {a.direction for a in rush} == {"up"}
+
+
+def test_a_snapshot_of_another_layout_starts_that_family_afresh(tmp_path):
+    stage = DetectorStage()
+    stage.process(batch_of(np.full(30, 10.0)))
+    stage.snapshot(tmp_path / "stage.npz")
+    with np.load(tmp_path / "stage.npz") as saved:
+        arrays = dict(saved)
+    arrays["counts_state"] = arrays["counts_state"][:, :-1]  # a table one column short
+    np.savez(tmp_path / "old.npz", **arrays)
+
+    restored = DetectorStage()
+    restored.restore(tmp_path / "old.npz")
+
+    assert restored._slots["counts"] == {}
+    assert len(restored._slots["ensemble"]) == 1

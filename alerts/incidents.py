@@ -8,6 +8,16 @@ seen no anomaly for ``quiet_period`` seconds. A finding (one anomalous series) s
 *active* while its latest anomaly is younger than ``window``, so an incident's impact
 shrinks as KPIs recover even before it resolves.
 
+Anomalies of a *state* detector (a rule: threshold, burn rate) report a condition that
+holds, on every sample, for as long as it holds: a stale backup fires for a day. Such a
+finding keeps its incident open and itself active, but it is fresh evidence only at its
+onset. A new series joins an incident through a related finding with fresh evidence
+within ``window``, or through a condition still holding that it depends on (errors
+burning on Traefik's routes take the orders that fall behind them at any time): a
+condition explains what it feeds, not what feeds it or what it protects. So a backup
+failing since the night does not adopt the replica lag or the KPI noise of the
+afternoon.
+
 Every new reading is reported as an ``updated`` event, even when the set of anomalous
 series stays the same: a stock sync delay climbing past its budget changes the tier
 without changing the series. The tier tracker (:mod:`alerts.tiers`) decides which of
@@ -20,8 +30,10 @@ to :meth:`IncidentBuilder.advance`, so a replay gives the same incidents and ids
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 import xxhash
@@ -31,6 +43,10 @@ from tillwatch.anomaly import Anomaly, Direction
 from tillwatch.errors import ConfigError
 
 EventKind = Literal["opened", "updated", "resolved"]
+
+# Detectors whose anomalies report a condition holding (every sample while a rule fires),
+# not a fresh surprise each time; shell-style patterns on ``Anomaly.detector``.
+STATE_DETECTORS: tuple[str, ...] = ("threshold", "burn_rate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +67,8 @@ class Finding:
         detector: detector of the latest anomaly.
         count: anomalies folded into this finding.
         active: whether its latest anomaly is within the grouping window of ``now``.
+        fresh_seen: time of its latest fresh evidence: every anomaly of a learning
+            detector, only the onset of a state detector's run (see ``STATE_DETECTORS``).
     """
 
     series_id: int
@@ -66,6 +84,7 @@ class Finding:
     detector: str
     count: int = 1
     active: bool = True
+    fresh_seen: float = -math.inf
 
     @property
     def is_kpi(self) -> bool:
@@ -175,6 +194,8 @@ class IncidentBuilder:
         window: seconds within which anomalies count as concurrent, and for which a
             finding stays active after its latest anomaly.
         quiet_period: seconds without any anomaly after which an incident resolves.
+        state_detectors: detector-name patterns whose anomalies report a condition
+            holding rather than fresh evidence (:data:`STATE_DETECTORS`).
 
     Raises:
         ConfigError: when a duration is not positive.
@@ -186,6 +207,7 @@ class IncidentBuilder:
         *,
         window: float = 300.0,
         quiet_period: float = 600.0,
+        state_detectors: Iterable[str] = STATE_DETECTORS,
     ) -> None:
         for name, seconds in (("window", window), ("quiet_period", quiet_period)):
             if not seconds > 0:
@@ -196,6 +218,7 @@ class IncidentBuilder:
         self.topology = topology or Topology()
         self.window = window
         self.quiet_period = quiet_period
+        self.state_detectors = tuple(state_detectors)
         self._open: dict[str, _OpenIncident] = {}
 
     def observe(self, anomaly: Anomaly) -> list[IncidentEvent]:
@@ -267,28 +290,39 @@ class IncidentBuilder:
 
     def _match(self, series_id: int, node: str, ts: float) -> _OpenIncident | None:
         # A series stays in the incident it joined, so concurrent incidents never swap
-        # anomalies; a new one joins the related incident with the strongest evidence for
-        # its node (a replica 100 times behind over a queue twice its usual depth), the
-        # oldest on a tie.
+        # anomalies; a new one joins the related incident with the strongest fresh
+        # evidence for its node (a replica 100 times behind over a queue twice its usual
+        # depth), the oldest on a tie.
         oldest_first = sorted(self._open.values(), key=lambda i: (i.opened_at, i.incident_id))
         live = [incident for incident in oldest_first if ts - incident.last_seen <= self.window]
         owner = next((i for i in live if series_id in i.findings), None)
         if owner is not None:
             return owner
 
-        strength = {id(i): self._evidence(i, node) for i in live}
+        strength = {id(i): self._evidence(i, node, ts) for i in live}
         related = [i for i in live if strength[id(i)] is not None]
         return max(related, key=lambda i: strength[id(i)] or 0.0, default=None)
 
-    def _evidence(self, incident: _OpenIncident, node: str) -> float | None:
-        """The largest deviation among the incident's findings related to ``node``, or
-        None when none is related."""
-        related = [
-            finding
-            for finding in incident.findings.values()
-            if self.topology.related(node, finding.node)
-        ]
+    def _evidence(self, incident: _OpenIncident, node: str, ts: float) -> float | None:
+        """The largest deviation among the incident's findings that recruit a new series
+        of ``node`` at ``ts`` (:meth:`_recruits`), or None when none does."""
+        findings = incident.findings.values()
+        related = [finding for finding in findings if self._recruits(finding, node, ts)]
         return max((abs(finding.change) for finding in related), default=None)
+
+    def _recruits(self, finding: Finding, node: str, ts: float) -> bool:
+        """Whether a finding draws a new series of ``node`` into its incident at ``ts``.
+
+        Fresh evidence within the window does, through any topology relation. A condition
+        still holding (its latest anomaly within the window, its onset older) does only
+        for nodes that depend on it: it may cause what it feeds now, but what happens
+        to its dependencies or to what it protects hours after its onset is not evidence
+        of one cause.
+        """
+        if ts - finding.fresh_seen <= self.window:
+            return self.topology.related(node, finding.node)
+        holding = ts - finding.last_seen <= self.window
+        return holding and finding.node in self.topology.upstream(node)
 
     def _start(self, anomaly: Anomaly) -> _OpenIncident:
         digest = xxhash.xxh64_hexdigest(f"{anomaly.series_id}:{anomaly.ts!r}".encode())
@@ -299,11 +333,22 @@ class IncidentBuilder:
     def _fold(self, incident: _OpenIncident, anomaly: Anomaly, node: str) -> bool:
         """Fold the anomaly into its finding; return whether it is the newest reading."""
         known = incident.findings.get(anomaly.series_id)
-        incident.findings[anomaly.series_id] = (
-            known.folded(anomaly) if known else _first_finding(anomaly, node)
-        )
+        finding = known.folded(anomaly) if known else _first_finding(anomaly, node)
+        if self._fresh(anomaly, known):
+            finding = dataclasses.replace(
+                finding, fresh_seen=max(finding.fresh_seen, anomaly.ts)
+            )
+        incident.findings[anomaly.series_id] = finding
         incident.last_seen = max(incident.last_seen, anomaly.ts)
         return known is None or anomaly.ts >= known.last_seen
+
+    def _fresh(self, anomaly: Anomaly, known: Finding | None) -> bool:
+        """Whether an anomaly is fresh evidence: any of a learning detector; of a state
+        detector, the onset of a run (its series' first, or the first after a gap longer
+        than the window, when the rule cleared and fired again)."""
+        if not any(fnmatchcase(anomaly.detector, p) for p in self.state_detectors):
+            return True
+        return known is None or anomaly.ts - known.last_seen > self.window
 
     def _snapshot(
         self, incident: _OpenIncident, now: float, resolved_at: float | None = None

@@ -325,3 +325,83 @@ def test_a_certificate_countdown_does_not_gather_kpi_noise() -> None:
     assert orders.kind == "opened"
     assert expiring.incident.service == "traefik"
     assert Topology().related("tls_certificates", "traefik")
+
+
+def _firing(signal: str, labels: dict[str, str], detector: str, start: float, end: float,
+            observed: float, expected: float) -> list[Anomaly]:
+    """A rule's anomalies: one a minute while its condition holds."""
+    return [
+        anomaly(ts, signal, "up", observed, expected, labels, detector)
+        for ts in range(int(start), int(end), 60)
+    ]
+
+
+def test_a_control_failing_for_hours_does_not_adopt_the_afternoons_anomalies() -> None:
+    builder = IncidentBuilder()
+    backup = {"service": "backup", "stanza": "main", "backup_type": "diff"}
+    replica = {"service": "postgres", "replica": "pg-replica-1"}
+    stale = _firing("backup.last_success_age_seconds", backup, "threshold", 0, 6 * 3600,
+                    9e4, 8.64e4)
+    lag = anomaly(4 * 3600 + 30, "postgres.replica_lag_bytes", "up", 5e6, 1e5, replica)
+    stock = anomaly(4 * 3600 + 90, "kpi.stock_sync_delay_seconds", "up", 300.0, 40.0)
+
+    events = builder.observe_all([*stale, lag, stock])
+
+    incidents = {e.incident.incident_id: e.incident for e in events}
+    assert len(incidents) == 2
+    control = next(i for i in incidents.values() if i.service == "backup")
+    assert {f.signal for f in control.findings} == {"backup.last_success_age_seconds"}
+    assert control.findings[0].count == len(stale)  # still firing: the incident stays open
+    [later] = [i for i in incidents.values() if i.service == "postgres"]
+    assert {f.signal for f in later.findings} == {
+        "postgres.replica_lag_bytes", "kpi.stock_sync_delay_seconds"
+    }
+
+
+def test_a_control_at_its_onset_still_joins_what_it_protects() -> None:
+    builder = IncidentBuilder()
+    backup = {"service": "backup", "stanza": "main", "backup_type": "diff"}
+    stale = _firing("backup.last_success_age_seconds", backup, "threshold", 0, 600,
+                    9e4, 8.64e4)
+    lag = anomaly(120, "postgres.replication_lag_seconds", "up", 900.0, 2.0)
+
+    events = builder.observe_all([*stale, lag])
+
+    assert len({e.incident.incident_id for e in events}) == 1
+
+
+def test_a_condition_holding_takes_the_kpis_that_depend_on_it() -> None:
+    builder = IncidentBuilder()
+    routes = {"service": "odoo@file", "router": "webshop@file"}
+    burning = _firing("traefik.server_error_ratio", routes, "burn_rate", 0, 3600, 0.2, 0.001)
+    revenue = anomaly(1800, "kpi.revenue_per_minute", "down", 10.0, 80.0,
+                      {"service": "odoo", "sales_channel": "website"}, "revenue")
+
+    events = builder.observe_all([*burning, revenue])
+
+    [incident] = {e.incident.incident_id: e.incident for e in events}.values()
+    assert {f.signal for f in incident.findings} == {
+        "traefik.server_error_ratio", "kpi.revenue_per_minute"
+    }
+    assert incident.service == "traefik"
+
+
+def test_a_rule_firing_again_after_clearing_is_fresh_evidence() -> None:
+    builder = IncidentBuilder()
+    backup = {"service": "backup", "stanza": "main", "backup_type": "diff"}
+    standby = {"service": "postgres", "instance": "pg-replica-2:5432"}
+    # The standby not streaming holds the incident open while the backup rule clears.
+    holding = _firing("postgres.wal_receiver_streaming", standby, "threshold", 0, 3000,
+                      0.0, 0.5)
+    first = _firing("backup.last_success_age_seconds", backup, "threshold", 60, 600,
+                    9e4, 8.64e4)
+    again = _firing("backup.last_success_age_seconds", backup, "threshold", 1800, 2400,
+                    9e4, 8.64e4)
+    # The primary is related to the backup (a backup needs it), not fed by the standby.
+    primary = anomaly(1830, "postgres.up", "down", 0.0, 1.0, {"service": "postgres"})
+
+    events = builder.observe_all([*holding, *first, *again, primary])
+
+    assert len({e.incident.incident_id for e in events}) == 1
+    [finding] = [f for f in events[-1].incident.findings if f.signal.startswith("backup.")]
+    assert finding.fresh_seen == T0 + 1800

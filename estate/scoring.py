@@ -7,7 +7,11 @@ Matching rules, in the order they apply:
    overlaps that window. An alert belongs to at most one incident: of those it overlaps,
    the one that started last before the alert fired (a page at Friday noon belongs to
    the worker pool starved at noon, not to the certificate counting down since
-   Thursday), else the earliest.
+   Thursday), else the earliest. Alerts of one alerting incident (detections with the
+   same non-empty ``ref``) stay with the incident its first matched alert belongs to:
+   they are one thread in Alertmanager (grouped by ``incident_id``), so a worker pool's
+   incident still updating after its window is not evidence for a certificate counting
+   down on the same service meanwhile.
 2. The incident is *detected* when an alert belongs to it; the time to detect is the
    first such alert's ``ts`` minus the incident's start (0 when it was already firing).
    The tier given is the highest tier among its alerts: an incident may be raised as a
@@ -159,15 +163,23 @@ def score(
 def _assign(
     expected: Sequence[ExpectedIncident], detections: Sequence[Detection], grace: float
 ) -> dict[int, int]:
-    """Map each detection's position to the incident it belongs to: of those it overlaps,
-    the latest to start at or before it fired, else the earliest."""
+    """Map each detection's position to the incident it belongs to: its thread's (same
+    ``ref``) once an earlier detection of the thread was matched; else, of those it
+    overlaps, the latest to start at or before it fired, else the earliest."""
     owner: dict[int, int] = {}
+    thread: dict[str, int] = {}
     order = sorted(range(len(expected)), key=lambda n: expected[n].start)
-    for d, detection in enumerate(detections):
+    for d in sorted(range(len(detections)), key=lambda d: detections[d].ts):
+        detection = detections[d]
+        if detection.ref in thread:
+            owner[d] = thread[detection.ref]
+            continue
         overlapped = [n for n in order if _belongs(detection, expected[n], grace)]
         started = [n for n in overlapped if expected[n].start <= detection.ts]
         if started or overlapped:
             owner[d] = (started or overlapped)[-1 if started else 0]
+            if detection.ref:
+                thread[detection.ref] = owner[d]
     return owner
 
 

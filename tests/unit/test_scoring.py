@@ -222,3 +222,23 @@ def test_an_alert_belongs_to_the_overlapping_incident_that_started_last_before_i
     assert [d.ref for d in _by_name(result, "cert").alerts] == ["inc-cert", "inc-early"]
     assert [d.ref for d in _by_name(result, "pool").alerts] == ["inc-pool"]
     assert (result.true_pages, result.over_paged) == (1, ())
+
+
+def test_a_thread_stays_with_the_incident_its_first_alert_matched():
+    # The starved pool's incident still updates at page tier after its window: those
+    # updates are its thread, not a page for the certificate counting down meanwhile.
+    cert = ExpectedIncident("cert", 50000, 90000, "traefik", "ticket")
+    detections = [
+        Detection(50100, "traefik", "ticket", ref="countdown"),
+        Detection(60100, "traefik", "page", ref="pool"),
+        Detection(63000, "traefik", "page", ref="pool"),
+        Detection(64000, "traefik", "page", ref="stray"),
+    ]
+
+    result = score([cert, STARVED], detections)
+
+    assert _by_name(result, "cert").tier_given == "page"  # the stray page, unthreaded
+    assert [d.ref for d in _by_name(result, "starved").alerts] == ["pool", "pool"]
+    without_stray = score([cert, STARVED], detections[:3])
+    assert _by_name(without_stray, "cert").tier_given == "ticket"
+    assert without_stray.true_pages == 1 and not without_stray.over_paged

@@ -62,7 +62,7 @@ class EnsembleConfig:
     forget: float = 0.0
     point: float = 8.0
     decades: float = 10.0
-    fire: float = 0.5
+    fire: float = 0.47
     hold: int = 100
     hold_share: float = 0.05
     damp: float = 0.0

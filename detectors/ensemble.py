@@ -6,7 +6,13 @@ Views, each a tail probability (small means surprising):
   running deviation, averaged over a short horizon and compared with the long-run
   distribution of that average (a likelihood in the spirit of Numenta's);
 - *point*: the same robust distance for the sample alone, so a lone spike counts;
-- *novelty*: how far the sample leaves the range the series has ever shown.
+- *novelty*: how far the sample leaves the range the series has ever shown;
+- *phase*: how far the sample sits from what the series usually shows at this hour of
+  the day (a robust level and deviation per UTC hour), averaged over a short horizon and
+  compared with the long-run law of that average, like the level view. It sees a day
+  whose shape changes inside the usual range (a flat day, a missing daily peak), which
+  the other views cannot; it speaks only after two days and only when it is far more
+  surprised than the others need to be (:attr:`EnsembleConfig.phase_decades`).
 
 The smallest probability (Bonferroni-corrected) becomes the score: decades of surprise
 over :attr:`EnsembleConfig.decades`, capped at 1. After a score reaches
@@ -51,6 +57,11 @@ class EnsembleConfig:
             on long tweet series into none without losing an event).
         damp: factor applied to scores during the hold.
         warm_up: samples before a series scores.
+        phase_rate: per-sample learning rate of an hour's level and deviation.
+        phase_short: smoothing of the short-horizon phase surprise.
+        phase_days: days of history before the phase view speaks.
+        phase_decades: extra decades of surprise the phase view needs: a profile of
+            24 hourly cells is a rough model, so only its gross misses count.
     """
 
     fast: float = 0.01
@@ -67,12 +78,26 @@ class EnsembleConfig:
     hold_share: float = 0.05
     damp: float = 0.0
     warm_up: int = 50
+    phase_rate: float = 0.05
+    phase_short: float = 0.02
+    phase_days: float = 2.0
+    phase_decades: float = 8.0
 
 
+PHASE_CELLS = 24  # hours of the UTC day
+DAY = 86_400.0
 _COLUMNS = (
     "seen", "last_ts", "level", "dev", "z_short", "z_mean", "z_var", "low", "high", "hold",
+    "first_ts", "phase_short", "phase_mean", "phase_var",
+    *(f"phase_level_{h}" for h in range(PHASE_CELLS)),
+    *(f"phase_dev_{h}" for h in range(PHASE_CELLS)),
 )
 LEVEL, DEV, Z_SHORT, Z_MEAN, Z_VAR, LOW, HIGH, HOLD = range(2, 10)
+FIRST_TS, PHASE_SHORT, PHASE_MEAN, PHASE_VAR = range(10, 14)
+PHASE_LEVEL = 14
+PHASE_DEV = PHASE_LEVEL + PHASE_CELLS
+# Learning rate floor of the phase surprise law before the view speaks.
+PHASE_YOUNG_RATE = 0.01
 
 
 class Ensemble(TableDetector):
@@ -94,16 +119,22 @@ class Ensemble(TableDetector):
         rows[:, Z_VAR] = 1.0
         rows[:, LOW] = np.inf
         rows[:, HIGH] = -np.inf
+        rows[:, FIRST_TS] = np.nan
+        rows[:, PHASE_VAR] = 1.0
+        rows[:, PHASE_LEVEL:PHASE_DEV] = 0.0
+        rows[:, PHASE_DEV:] = -1.0  # an hour not seen yet
 
     def _advance(self, rows: np.ndarray, ts: np.ndarray, value: np.ndarray) -> np.ndarray:
         first = np.isnan(rows[:, LEVEL])
         rows[first, LEVEL] = value[first]
+        rows[first, FIRST_TS] = ts[first]
         z = np.minimum(np.abs(value - rows[:, LEVEL]) / self._scale(rows), self.config.z_cap)
         log_p = np.minimum(self._level_log_p(rows, z), self._novelty_log_p(rows, value))
         log_p = np.minimum(log_p, log_ndtr(-z / self.config.point))
+        log_p = np.minimum(log_p, self._phase_log_p(rows, ts, value))
 
-        # Three views were consulted: triple the smallest probability (Bonferroni).
-        decades = -(np.minimum(log_p + np.log(3.0), 0.0)) / LN10
+        # Four views were consulted: quadruple the smallest probability (Bonferroni).
+        decades = -(np.minimum(log_p + np.log(4.0), 0.0)) / LN10
         score = np.minimum(decades / self.config.decades, 1.0)
         score = self._hold(rows, score)
         self._learn(rows, value)
@@ -127,6 +158,45 @@ class Ensemble(TableDetector):
         excess = np.maximum(value - rows[:, HIGH], rows[:, LOW] - value) / span
         excess = np.where(np.isfinite(excess), excess, 0.0)
         return -np.maximum(excess, 0.0) / self.config.novelty_scale
+
+    def _phase_log_p(self, rows: np.ndarray, ts: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Log tail probability of the short-horizon surprise against the hour's profile.
+
+        Scores and then learns the hour's cell, so the cell never judges its own sample.
+        """
+        cfg = self.config
+        at = np.arange(len(rows))
+        cell = ((ts % DAY) / DAY * PHASE_CELLS).astype(np.int64) % PHASE_CELLS
+        level, dev = rows[at, PHASE_LEVEL + cell], rows[at, PHASE_DEV + cell]
+        new = dev < 0
+        level = np.where(new, value, level)
+        dev = np.where(new, self._scale(rows), dev)
+
+        # A tenth of the overall deviation keeps a cell that has always been flat humble.
+        width = dev + 0.1 * self._scale(rows) + self._floor(rows)
+        z = np.minimum(np.abs(value - level) / width, cfg.z_cap)
+        speaks = ts - rows[:, FIRST_TS] >= cfg.phase_days * DAY
+        log_p = self._phase_law(rows, z, speaks) + cfg.phase_decades * LN10
+
+        delta = np.clip(value - level, -cfg.clip * dev - 1e-12, cfg.clip * dev + 1e-12)
+        rows[at, PHASE_LEVEL + cell] = level + cfg.phase_rate * delta
+        rows[at, PHASE_DEV + cell] = dev + cfg.phase_rate * (np.abs(delta) - dev)
+        return np.where(speaks, log_p, 0.0)
+
+    def _phase_law(self, rows: np.ndarray, z: np.ndarray, speaks: np.ndarray) -> np.ndarray:
+        """Average the phase surprise, judge it by its long-run law, then teach the law.
+
+        Until the view speaks its law learns faster, so it has settled when it does.
+        """
+        cfg = self.config
+        rows[:, PHASE_SHORT] += cfg.phase_short * (z - rows[:, PHASE_SHORT])
+        gap = rows[:, PHASE_SHORT] - rows[:, PHASE_MEAN]
+        log_p = log_ndtr(-gap / (np.sqrt(rows[:, PHASE_VAR]) + 1e-3))
+
+        rate = np.where(speaks, cfg.long, max(cfg.long, PHASE_YOUNG_RATE))
+        rows[:, PHASE_MEAN] += rate * gap
+        rows[:, PHASE_VAR] += rate * (gap * gap - rows[:, PHASE_VAR])
+        return log_p
 
     def _hold(self, rows: np.ndarray, score: np.ndarray) -> np.ndarray:
         """Damp scores for a while after one fired, so one event reports once."""

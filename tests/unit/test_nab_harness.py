@@ -65,7 +65,9 @@ def test_bench_nab_writes_each_files_causal_scores_in_nab_format(tmp_path, capsy
 def _one_by_one(values: list[float], rows: list[dict[str, str]]) -> np.ndarray:
     """The ensemble stepped alone over one file: what the harness must have written."""
     ensemble = Ensemble(1, EnsembleConfig())
-    ts = pd.to_datetime([r["timestamp"] for r in rows]).astype("int64") / 1e9
+    # pandas picks the parsed unit (microseconds in 3.x): fix it before counting seconds.
+    stamps = pd.to_datetime([r["timestamp"] for r in rows]).as_unit("ns")
+    ts = stamps.astype("int64") / 1e9
     slot = np.zeros(1, dtype=np.int64)
     return np.array(
         [

@@ -85,35 +85,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EffectSpec(_Strict):
+class _Windowed(_Strict):
+    """A part of a scenario with its own window; by default the incident's."""
+
+    start: str | None = Field(default=None, description="defaults to the incident start")
+    end: str | None = Field(default=None, description="defaults to the incident end")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _valid_moment(cls, value: str | None) -> str | None:
+        return value if value is None else _moment(value)
+
+
+class EffectSpec(_Windowed):
     """One effect: which signal or driver changes, for which series, how and when."""
 
     target: str = Field(description="an emitted signal or a driver.* name")
     op: Literal["multiply", "add", "set", "ramp"]
     value: float
     labels: dict[str, str] = Field(default_factory=dict, description="series to touch")
-    start: str | None = Field(default=None, description="defaults to the incident start")
-    end: str | None = Field(default=None, description="defaults to the incident end")
-
-    @field_validator("start", "end")
-    @classmethod
-    def _valid_moment(cls, value: str | None) -> str | None:
-        return value if value is None else _moment(value)
 
 
-class CalendarSpec(_Strict):
+class CalendarSpec(_Windowed):
     """A calendar event the estate's owner planned and would have configured: KPIs of
     the series carrying ``labels`` are not judged during it."""
 
     name: str = Field(min_length=1, description="what it is, e.g. 'flash sale'")
     labels: dict[str, str] = Field(default_factory=dict, description="{} = every KPI")
-    start: str | None = Field(default=None, description="defaults to the incident start")
-    end: str | None = Field(default=None, description="defaults to the incident end")
-
-    @field_validator("start", "end")
-    @classmethod
-    def _valid_moment(cls, value: str | None) -> str | None:
-        return value if value is None else _moment(value)
 
 
 class GroundTruth(_Strict):
@@ -299,8 +297,12 @@ def _check_calendar(
     emitted: dict[str, list[dict[str, str]]],
     spec: ScenarioSpec,
 ) -> None:
-    kpis = [labels for signal, series in emitted.items() if signal.startswith("kpi.")
-            for labels in series]
+    kpis = [
+        labels
+        for signal, series in emitted.items()
+        if signal.startswith("kpi.")
+        for labels in series
+    ]
     if not any(all(s.get(k) == v for k, v in entry.labels.items()) for s in kpis):
         raise ScenarioError(
             f"{path}: {key}.labels: no KPI series has labels {entry.labels}; the "

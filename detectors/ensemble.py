@@ -3,8 +3,9 @@
 Views, each a tail probability (small means surprising):
 
 - *level*: how far the sample sits from a robust running level, in units of a robust
-  running deviation, averaged over a short horizon and compared with the long-run
-  distribution of that average (a likelihood in the spirit of Numenta's);
+  running deviation, tempered (a power below 1, for heavy tails), averaged over a short
+  horizon and compared with the long-run distribution of that average (a likelihood in
+  the spirit of Numenta's);
 - *point*: the same robust distance for the sample alone, so a lone spike counts;
 - *novelty*: how far the sample leaves the range the series has ever shown;
 - *phase*: how far the sample sits from what the series usually shows at this hour of
@@ -47,6 +48,9 @@ class EnsembleConfig:
         novelty_scale: range fractions per e-fold of novelty probability.
         forget: per-sample pull of the remembered range towards the level, so that
             novelty is judged against recent history rather than all of it.
+        level_power: the level view averages surprise raised to this power: heavy-tailed
+            series (bursty counts) make bursts of large surprise that a normal law over
+            the plain average overrates.
         point: robust units per standard normal unit for the single-sample view, so a
             lone spike is judged on its own and not only through the short average.
         decades: decades of surprise that map to score 1.
@@ -71,6 +75,7 @@ class EnsembleConfig:
     z_cap: float = 30.0
     novelty_scale: float = 0.001
     forget: float = 0.0
+    level_power: float = 0.75
     point: float = 8.0
     decades: float = 10.0
     fire: float = 0.47
@@ -147,7 +152,7 @@ class Ensemble(TableDetector):
         the surprise law for long.
         """
         cfg = self.config
-        rows[:, Z_SHORT] += cfg.short * (z - rows[:, Z_SHORT])
+        rows[:, Z_SHORT] += cfg.short * (z**cfg.level_power - rows[:, Z_SHORT])
         spread = np.sqrt(rows[:, Z_VAR]) + 1e-3
         return log_ndtr(-(rows[:, Z_SHORT] - rows[:, Z_MEAN]) / spread)
 

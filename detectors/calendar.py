@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
 import numpy as np
 
@@ -84,7 +85,8 @@ class CalendarEvent:
         try:
             start = _seconds(str(entry["start"]))
             end = _seconds(str(entry["end"]))
-            event = cls(str(entry["name"]), start, end, dict(entry.get("labels") or {}))
+            labels = cast(Mapping[str, str], entry.get("labels") or {})
+            event = cls(str(entry["name"]), start, end, dict(labels))
         except (KeyError, ValueError) as error:
             raise DetectorError(
                 f"calendar event {dict(entry)}: expected name, start and end as ISO-8601 "

@@ -97,8 +97,8 @@ def _load_file(root: Path, name: str, spans: list[list[str]]) -> NabFile:
     ts = _seconds(stamps.to_numpy())
     rows = []
     for start, end in spans:
-        first = int(np.searchsorted(ts, _seconds(np.datetime64(start)), side="left"))
-        last = int(np.searchsorted(ts, _seconds(np.datetime64(end)), side="right")) - 1
+        first = int(np.searchsorted(ts, _seconds(np.array([start], "datetime64"))[0], "left"))
+        last = int(np.searchsorted(ts, _seconds(np.array([end], "datetime64"))[0], "right")) - 1
         rows.append((first, last))
     return NabFile(name, ts, frame["timestamp"].tolist(), frame["value"].to_numpy(float), rows)
 
@@ -204,10 +204,10 @@ def format_report(report: NabReport) -> str:
     ours = [report.profiles[n].normalised for n in names]
     lines.append(f"{'tillwatch':<24}" + "".join(f"{v:>10.1f}" for v in ours))
     for subset, by_profile in report.subsets.items():
-        values = "".join(f"{by_profile[n]:>10.1f}" for n in names)
-        lines.append(f"{'  ' + subset:<24}{values}")
-    for name, values in SCOREBOARD.items():
-        lines.append(f"{name:<24}" + "".join(f"{v:>10.1f}" for v in values))
+        row = "".join(f"{by_profile[n]:>10.1f}" for n in names)
+        lines.append(f"{'  ' + subset:<24}{row}")
+    for name, board in SCOREBOARD.items():
+        lines.append(f"{name:<24}" + "".join(f"{v:>10.1f}" for v in board))
     for name in names:
         r = report.profiles[name]
         lines.append(f"{name}: threshold {r.threshold:.4f}, TP {r.true_positives}, "

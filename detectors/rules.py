@@ -21,6 +21,7 @@ import numpy as np
 
 from detectors.burnrate import WORKBOOK_ALERTS, BurnRate
 from detectors.threshold import Threshold
+from tillwatch.anomaly import Direction
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class ThresholdRule:
         edges = (self.limit, min(self.limit, clear), max(self.limit, clear))
         return np.tile(np.array(edges, dtype=float), (n, 1))
 
-    def direction(self) -> str:
+    def direction(self) -> Direction:
         """Where the bad side of the limit lies."""
         return "up" if self.above else "down"
 
@@ -101,7 +102,7 @@ class BurnRateRule:
         fastest = max(factor for _, _, factor in self.alerts)
         return np.tile(np.array([budget, 0.0, fastest * budget]), (n, 1))
 
-    def direction(self) -> str:
+    def direction(self) -> Direction:
         """A burn is always too many bad requests."""
         return "up"
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from detectors.forest import ServiceForest
 from detectors.rules import DEFAULT_RULES, Rule, rule_for
 from detectors.seasonal import Seasonal
 from detectors.table import TableDetector
-from tillwatch.anomaly import Anomaly
+from tillwatch.anomaly import Anomaly, Direction
 from tillwatch.sample import SampleBatch, Series
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class DetectorStage:
 
     def snapshot(self, path: Path) -> None:
         """Write series ids and state so a restarted worker resumes without warm-up."""
-        arrays = {}
+        arrays: dict[str, Any] = {}  # numpy's savez stub mistypes **arrays as flags
         for family in self.families:
             slots = self._slots[family]
             arrays[f"{family}_ids"] = np.fromiter(slots, dtype=np.uint64, count=len(slots))
@@ -218,7 +219,8 @@ class DetectorStage:
         if family == "ensemble":
             level, dev = detector.state[slots][:, LEVEL], detector.state[slots][:, DEV]
             return np.column_stack([level, level - BAND_WIDTH * dev, level + BAND_WIDTH * dev])
-        return np.column_stack(detector.band(slots, ts, BAND_WIDTH))
+        profiled = cast(Seasonal | PoissonCounts, detector)
+        return np.column_stack(profiled.band(slots, ts, BAND_WIDTH))
 
     def _slots_of(self, family: str, batch: SampleBatch, rows: np.ndarray) -> np.ndarray:
         """Slot of each of the family's samples, giving new series a fresh (cold) row."""
@@ -274,7 +276,7 @@ class DetectorStage:
                 labels=dict(series.labels), score=float(scores[i]), observed=observed,
                 expected=expected, lower=lower, upper=upper, direction=rule.direction(),
                 detector=rule.kind,
-                explanation=rule.explain(series.signal, observed, detector,
+                explanation=rule.explain(series.signal, observed, cast(Any, detector),
                                          int(picked_slots[i])),
             ))
         return out
@@ -322,7 +324,7 @@ class DetectorStage:
         ) for k in np.flatnonzero(scores >= self.threshold).tolist()]
 
 
-def _direction(observed: float, expected: float, side: float | None) -> str:
+def _direction(observed: float, expected: float, side: float | None) -> Direction:
     """The side of a count model's highest-scoring window when it has one, else the
     sample against the expected value."""
     if side:

@@ -1,4 +1,4 @@
-"""The code stays within the project's lint rules (line length, imports, naming, bugbear)."""
+"""The code keeps to the lint rules and type-checks (line length, imports, naming, types)."""
 
 import subprocess
 import sys
@@ -14,6 +14,29 @@ def test_ruff_finds_nothing():
         text=True,
         check=False,
         timeout=120,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_finds_nothing(tmp_path):
+    packages = [
+        "tillwatch",
+        "pipeline",
+        "collectors",
+        "detectors",
+        "alerts",
+        "estate",
+        "dashboards",
+    ]
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path), *packages],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        cwd=ROOT,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr

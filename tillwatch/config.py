@@ -173,6 +173,26 @@ class CalendarEventSettings(_Model):
     labels: dict[str, str] = Field(default_factory=dict, description="empty: every KPI")
 
 
+class ThresholdRuleSettings(_Model):
+    """A known limit: anomalous once beyond ``limit`` for ``min_duration_seconds``."""
+
+    signal: str = Field(description="signal name or fnmatch pattern, e.g. backup.*_seconds")
+    limit: float
+    clear: float | None = Field(default=None, description="hysteresis edge; default: limit")
+    min_duration_seconds: float = Field(default=0.0, ge=0)
+    above: bool = Field(default=True, description="false when values below the limit are bad")
+    unit: str = Field(default="", description="for explanations, e.g. ' s'")
+    labels: dict[str, str] = Field(default_factory=dict, description="fnmatch per label")
+
+
+class BurnRateSettings(_Model):
+    """An SLO on a bad-ratio signal, judged by multi-window burn rates (1h/5m, 6h/30m)."""
+
+    signal: str = Field(description="a ratio of bad requests, e.g. traefik.server_error_ratio")
+    objective: float = Field(default=0.999, gt=0, lt=1, description="e.g. 0.999 = 99.9%")
+    labels: dict[str, str] = Field(default_factory=dict, description="fnmatch per label")
+
+
 class DetectorSettings(_Model):
     """How anomalies are judged."""
 
@@ -180,6 +200,11 @@ class DetectorSettings(_Model):
     utc_offset_hours: float = Field(default=0.0, ge=-12, le=14, description="local time - UTC")
     trading_hours: list[TradingHoursSettings] = Field(default_factory=list)
     events: list[CalendarEventSettings] = Field(default_factory=list)
+    rules: list[ThresholdRuleSettings] = Field(
+        default_factory=list, description="judged before the built-in rules (first match wins)"
+    )
+    burn_rates: list[BurnRateSettings] = Field(default_factory=list)
+    builtin_rules: bool = Field(default=True, description="keep the built-in rule table")
 
 
 class CollectorSettings(_Model):

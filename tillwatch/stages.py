@@ -53,6 +53,7 @@ from tillwatch.tracing import stage_span
 
 if TYPE_CHECKING:
     from detectors.calendar import Calendar
+    from detectors.rules import Rule
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,7 @@ class DetectorStage(ConsumingStage):
             threshold=config.threshold,
             calendar=calendar_of(config),
             utc_offset_hours=config.utc_offset_hours,
+            rules=rules_of(config),
         )
         if self.state_path.exists():
             self.detectors.restore(self.state_path)
@@ -294,6 +296,30 @@ def calendar_of(config: DetectorSettings) -> Calendar:
         for h in config.trading_hours
     ]
     return Calendar.from_config([e.model_dump() for e in config.events], hours)
+
+
+def rules_of(config: DetectorSettings) -> tuple[Rule, ...]:
+    """The configured rules first (the first rule matching a series judges it), then the
+    built-in table unless switched off."""
+    from detectors.rules import DEFAULT_RULES, BurnRateRule, ThresholdRule
+
+    configured: list[Rule] = [
+        ThresholdRule(
+            r.signal,
+            r.limit,
+            clear=r.clear,
+            min_duration=r.min_duration_seconds,
+            above=r.above,
+            unit=r.unit,
+            labels=r.labels,
+        )
+        for r in config.rules
+    ]
+    configured += [
+        BurnRateRule(b.signal, objective=b.objective, labels=b.labels)
+        for b in config.burn_rates
+    ]
+    return (*configured, *(DEFAULT_RULES if config.builtin_rules else ()))
 
 
 class NotifierStage(ConsumingStage):

@@ -19,7 +19,8 @@ The smallest probability (Bonferroni-corrected) becomes the score: decades of su
 over :attr:`EnsembleConfig.decades`, capped at 1. After a score reaches
 :attr:`EnsembleConfig.fire`, scores are damped for :attr:`EnsembleConfig.hold` samples, or
 :attr:`EnsembleConfig.hold_share` of the samples the series has seen if that is longer, so
-one event is reported once.
+one event is reported once, unless a sample is :attr:`EnsembleConfig.hold_break` times more
+surprising than score 1 asks for: that is a new event, not the tail of the held one.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class EnsembleConfig:
             has shown how long its disturbances last (NAB: 5 % turns 18 repeat alarms
             on long tweet series into none without losing an event).
         damp: factor applied to scores during the hold.
+        hold_break: multiples of :attr:`decades` of surprise that pass through a hold (NAB:
+            a speed falling far below any speed seen, inside the hold of an earlier alarm).
         warm_up: samples before a series scores.
         phase_rate: per-sample learning rate of an hour's level and deviation.
         phase_short: smoothing of the short-horizon phase surprise.
@@ -82,6 +85,7 @@ class EnsembleConfig:
     hold: int = 100
     hold_share: float = 0.05
     damp: float = 0.0
+    hold_break: float = 10.0
     warm_up: int = 50
     phase_rate: float = 0.05
     phase_short: float = 0.02
@@ -140,8 +144,8 @@ class Ensemble(TableDetector):
 
         # Four views were consulted: quadruple the smallest probability (Bonferroni).
         decades = -(np.minimum(log_p + np.log(4.0), 0.0)) / LN10
-        score = np.minimum(decades / self.config.decades, 1.0)
-        score = self._hold(rows, score)
+        surprise = decades / self.config.decades
+        score = self._hold(rows, np.minimum(surprise, 1.0), surprise)
         self._learn(rows, value)
         return score
 
@@ -203,9 +207,12 @@ class Ensemble(TableDetector):
         rows[:, PHASE_VAR] += rate * (gap * gap - rows[:, PHASE_VAR])
         return log_p
 
-    def _hold(self, rows: np.ndarray, score: np.ndarray) -> np.ndarray:
-        """Damp scores for a while after one fired, so one event reports once."""
-        holding = rows[:, HOLD] > 0
+    def _hold(self, rows: np.ndarray, score: np.ndarray, surprise: np.ndarray) -> np.ndarray:
+        """Damp scores for a while after one fired, so one event reports once.
+
+        ``surprise`` is the score before capping at 1; far beyond 1 it breaks the hold.
+        """
+        holding = (rows[:, HOLD] > 0) & (surprise < self.config.hold_break)
         score = np.where(holding, score * self.config.damp, score)
         rows[:, HOLD] = np.maximum(rows[:, HOLD] - 1, 0)
         fired = (score >= self.config.fire) & (rows[:, 0] >= self.warm_up)

@@ -43,3 +43,35 @@ def test_ordinary_days_raise_no_alarm_once_the_phase_view_speaks():
     scores = _scores(EnsembleConfig(), ts, value)
 
     assert scores[3 * PER_DAY :].max() < 0.47
+
+
+def _noise_with_a_spike(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ts = START + STEP * np.arange(400)
+    value = 60 + rng.normal(0, 1, len(ts))
+    value[200] = 75  # fires and starts a hold of 100 samples
+    return ts, value
+
+
+def test_a_fall_far_below_anything_seen_breaks_the_hold_of_an_earlier_alarm():
+    ts, value = _noise_with_a_spike(seed=11)
+    value[230] = 20  # the speed_7578 shape: far below any value the series has shown
+
+    breaking = _scores(EnsembleConfig(), ts, value)
+    holding = _scores(EnsembleConfig(hold_break=np.inf), ts, value)
+
+    assert breaking[200] >= 0.47 and holding[200] >= 0.47
+    assert breaking[230] == 1.0
+    assert holding[230] == 0.0
+
+
+def test_a_repeat_of_the_held_event_stays_damped():
+    ts, value = _noise_with_a_spike(seed=12)
+    value[230] = 75.5  # the burst again, a little higher: part of the event already reported
+
+    scores = _scores(EnsembleConfig(), ts, value)
+    undamped = _scores(EnsembleConfig(damp=1.0), ts, value)
+
+    assert scores[200] >= 0.47
+    assert undamped[230] >= 0.47  # it would fire on its own
+    assert scores[201:300].max() == 0.0

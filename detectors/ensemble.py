@@ -13,7 +13,11 @@ Views, each a tail probability (small means surprising):
   compared with the long-run law of that average, like the level view. It sees a day
   whose shape changes inside the usual range (a flat day, a missing daily peak), which
   the other views cannot; it speaks only after two days and only when it is far more
-  surprised than the others need to be (:attr:`EnsembleConfig.phase_decades`).
+  surprised than the others need to be (:attr:`EnsembleConfig.phase_decades`);
+- *repeat*: a run of one exact value longer than any run the series has finished (a
+  counter stuck at zero, a key held down): it names the one sample where the run passes
+  the longest earlier run by :attr:`EnsembleConfig.run_margin`, so a stuck series is
+  reported once.
 
 The smallest probability (Bonferroni-corrected) becomes the score: decades of surprise
 over :attr:`EnsembleConfig.decades`, capped at 1. After a score reaches
@@ -69,6 +73,9 @@ class EnsembleConfig:
         phase_days: days of history before the phase view speaks.
         phase_decades: extra decades of surprise the phase view needs: a profile of
             24 hourly cells is a rough model, so only its gross misses count.
+        run_margin: share by which a run of one value must pass the longest finished run.
+        run_floor: the shortest run the repeat view judges against, so short repeats of
+            a coarse series are never news.
     """
 
     fast: float = 0.01
@@ -91,19 +98,22 @@ class EnsembleConfig:
     phase_short: float = 0.02
     phase_days: float = 2.0
     phase_decades: float = 8.0
+    run_margin: float = 0.25
+    run_floor: float = 50.0
 
 
 PHASE_CELLS = 24  # hours of the UTC day
 DAY = 86_400.0
 _COLUMNS = (
     "seen", "last_ts", "level", "dev", "z_short", "z_mean", "z_var", "low", "high", "hold",
-    "first_ts", "phase_short", "phase_mean", "phase_var",
+    "first_ts", "phase_short", "phase_mean", "phase_var", "run", "run_longest", "run_value",
     *(f"phase_level_{h}" for h in range(PHASE_CELLS)),
     *(f"phase_dev_{h}" for h in range(PHASE_CELLS)),
 )
 LEVEL, DEV, Z_SHORT, Z_MEAN, Z_VAR, LOW, HIGH, HOLD = range(2, 10)
 FIRST_TS, PHASE_SHORT, PHASE_MEAN, PHASE_VAR = range(10, 14)
-PHASE_LEVEL = 14
+RUN, RUN_LONGEST, RUN_VALUE = range(14, 17)
+PHASE_LEVEL = 17
 PHASE_DEV = PHASE_LEVEL + PHASE_CELLS
 # Learning rate floor of the phase surprise law before the view speaks.
 PHASE_YOUNG_RATE = 0.01
@@ -130,6 +140,7 @@ class Ensemble(TableDetector):
         rows[:, HIGH] = -np.inf
         rows[:, FIRST_TS] = np.nan
         rows[:, PHASE_VAR] = 1.0
+        rows[:, RUN_VALUE] = np.nan
         rows[:, PHASE_LEVEL:PHASE_DEV] = 0.0
         rows[:, PHASE_DEV:] = -1.0  # an hour not seen yet
 
@@ -141,8 +152,9 @@ class Ensemble(TableDetector):
         log_p = np.minimum(self._level_log_p(rows, z), self._novelty_log_p(rows, value))
         log_p = np.minimum(log_p, log_ndtr(-z / self.config.point))
         log_p = np.minimum(log_p, self._phase_log_p(rows, ts, value))
+        log_p = np.minimum(log_p, self._repeat_log_p(rows, value))
 
-        # Four views were consulted: quadruple the smallest probability (Bonferroni).
+        # Four graded views were consulted: quadruple the smallest probability (Bonferroni).
         decades = -(np.minimum(log_p + np.log(4.0), 0.0)) / LN10
         surprise = decades / self.config.decades
         score = self._hold(rows, np.minimum(surprise, 1.0), surprise)
@@ -191,6 +203,22 @@ class Ensemble(TableDetector):
         rows[at, PHASE_LEVEL + cell] = level + cfg.phase_rate * delta
         rows[at, PHASE_DEV + cell] = dev + cfg.phase_rate * (np.abs(delta) - dev)
         return np.where(speaks, log_p, 0.0)
+
+    def _repeat_log_p(self, rows: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """A certain event at the sample where a run of one value outlasts all earlier runs.
+
+        Only series that have repeated a value before are judged: for a continuous
+        series a repeat is an accident of rounding, not a habit broken.
+        """
+        cfg = self.config
+        ended = value != rows[:, RUN_VALUE]
+        rows[ended, RUN_LONGEST] = np.maximum(rows[ended, RUN_LONGEST], rows[ended, RUN])
+        rows[:, RUN] = np.where(ended, 1.0, rows[:, RUN] + 1.0)
+        rows[:, RUN_VALUE] = value
+
+        bar = np.ceil(np.maximum(rows[:, RUN_LONGEST], cfg.run_floor) * (1 + cfg.run_margin))
+        passes = (rows[:, RUN] == bar) & (rows[:, RUN_LONGEST] >= 2)
+        return np.where(passes, -cfg.decades * 2 * LN10, 0.0)
 
     def _phase_law(self, rows: np.ndarray, z: np.ndarray, speaks: np.ndarray) -> np.ndarray:
         """Average the phase surprise, judge it by its long-run law, then teach the law.

@@ -75,3 +75,35 @@ def test_a_repeat_of_the_held_event_stays_damped():
     assert scores[200] >= 0.47
     assert undamped[230] >= 0.47  # it would fire on its own
     assert scores[201:300].max() == 0.0
+
+
+def _idle_key_with_blips(seed: int, last_blip: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zero most of the time, a small blip every 50 samples (runs of 49 zeros) until
+    ``last_blip``, then zeros, then blips again from sample 1,000 (rogue_agent_key_hold)."""
+    rng = np.random.default_rng(seed)
+    ts = START + STEP * np.arange(1_200)
+    value = np.zeros(len(ts))
+    blips = np.r_[np.arange(0, last_blip + 1, 50), np.arange(1_000, 1_200, 50)]
+    value[blips] = 1 + rng.poisson(2, len(blips))
+    return ts, value
+
+
+def test_a_value_stuck_far_longer_than_ever_before_is_found_by_the_repeat_view():
+    ts, value = _idle_key_with_blips(seed=13, last_blip=750)
+    passes = 751 + 63 - 1  # the run reaches 1.25 times the floor of 50 samples
+
+    scores = _scores(EnsembleConfig(), ts, value)
+    without = _scores(EnsembleConfig(run_margin=np.inf), ts, value)
+
+    assert scores[passes] == 1.0
+    assert (scores[751:1_000] >= 0.47).sum() == 1  # reported once however long it lasts
+    assert without[751:1_000].max() < 0.47  # zero is this series' level: no other view sees it
+
+
+def test_runs_as_long_as_usual_raise_no_repeat_alarm():
+    ts, value = _idle_key_with_blips(seed=14, last_blip=1_000)
+
+    scores = _scores(EnsembleConfig(), ts, value)
+    without = _scores(EnsembleConfig(run_margin=np.inf), ts, value)
+
+    np.testing.assert_array_equal(scores, without)

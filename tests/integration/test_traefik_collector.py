@@ -80,19 +80,21 @@ def test_latency_quantiles_fall_in_the_bucket_of_the_set_latency(traefik, backen
     assert value(first, "traefik.latency_p95_seconds", **SHOP) is None
 
     backend.set(delay=0.2)
-    assert send(traefik, "/shop/cart", 20) == [200] * 20
+    assert send(traefik, "/shop/cart", 100) == [200] * 100
     batch = scrape(collector, state, now=t0 + 10)
 
-    assert value(batch, "traefik.requests_per_second", **SHOP) == 2.0
-    assert value(batch, "traefik.service_requests_per_second", **SERVICE) == 2.0
+    assert value(batch, "traefik.requests_per_second", **SHOP) == 10.0
+    assert value(batch, "traefik.service_requests_per_second", **SERVICE) == 10.0
     # Every request took 0.2 s plus proxying: (0.2, 0.25], or the next bucket on a busy
-    # machine; the median is in the first.
+    # machine; the median is in the first. p99 of 100 requests is the slowest one or two,
+    # which a loaded CI machine may delay past a second: it only has to stay ordered.
     for prefix, labels in (("traefik.", SHOP), ("traefik.service_", SERVICE)):
         median = value(batch, f"{prefix}latency_p50_seconds", **labels)
+        p95 = value(batch, f"{prefix}latency_p95_seconds", **labels)
+        p99 = value(batch, f"{prefix}latency_p99_seconds", **labels)
         assert 0.2 <= median <= 0.25, (prefix, median)
-        for quantile in ("p95", "p99"):
-            estimate = value(batch, f"{prefix}latency_{quantile}_seconds", **labels)
-            assert 0.2 <= estimate <= 0.3, (prefix, quantile, estimate)
+        assert 0.2 <= p95 <= 0.3, (prefix, p95)
+        assert p95 <= p99 <= 5.0, (prefix, p95, p99)
     assert value(batch, "traefik.scrape_duration_seconds") > 0
 
 

@@ -285,9 +285,7 @@ def _check_effect(
             f"{path}: {key}.labels: no {effect.target} series has labels "
             f"{effect.labels}; its series have {series}"
         )
-    start = week_offset(effect.start or spec.ground_truth.start)
-    if week_offset(effect.end or spec.ground_truth.end) <= start:
-        raise ScenarioError(f"{path}: {key}.end is not after its start; end it later")
+    _check_window(path, key, effect, spec)
 
 
 def _check_calendar(
@@ -308,8 +306,12 @@ def _check_calendar(
             f"{path}: {key}.labels: no KPI series has labels {entry.labels}; the "
             f"calendar masks KPIs only, and theirs are {kpis}"
         )
-    start = week_offset(entry.start or spec.ground_truth.start)
-    if week_offset(entry.end or spec.ground_truth.end) <= start:
+    _check_window(path, key, entry, spec)
+
+
+def _check_window(path: Path, key: str, part: _Windowed, spec: ScenarioSpec) -> None:
+    start = week_offset(part.start or spec.ground_truth.start)
+    if week_offset(part.end or spec.ground_truth.end) <= start:
         raise ScenarioError(f"{path}: {key}.end is not after its start; end it later")
 
 

@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from detectors.base import BatchDetector
 from detectors.ensemble import Ensemble, EnsembleConfig
 from detectors.nab_score import PROFILES, FileRows, ProfileResult, score_at, score_corpus
 from tillwatch.errors import ConfigError
@@ -108,8 +109,16 @@ def _seconds(stamps: np.ndarray) -> np.ndarray:
     return stamps.astype("datetime64[ns]").astype(np.int64) / 1e9
 
 
-def detect(files: Sequence[NabFile], config: EnsembleConfig, *, progress: bool) -> list:
-    """Score every file with one ensemble, all files advancing together, causally."""
+def detect(files: Sequence[NabFile], make_detector: Callable[[int], BatchDetector], *,
+           progress: bool) -> list:
+    """Score every file with one detector, all files advancing together, causally.
+
+    Args:
+        files: the corpus.
+        make_detector: builds the batch detector for a number of series slots (one
+            configuration for every file).
+        progress: show a progress bar.
+    """
     order = sorted(range(len(files)), key=lambda i: -len(files[i].ts))
     lengths = np.array([len(files[i].ts) for i in order])
     width = int(lengths[0])
@@ -119,12 +128,12 @@ def detect(files: Sequence[NabFile], config: EnsembleConfig, *, progress: bool) 
         ts[slot, : lengths[slot]] = files[i].ts
         value[slot, : lengths[slot]] = files[i].value
 
-    ensemble = Ensemble(len(files), config)
+    detector = make_detector(len(files))
     scores = np.zeros_like(value)
     active = (lengths[None, :] > np.arange(width)[:, None]).sum(axis=1)
     for step in tqdm(range(width), disable=not progress, desc="nab", unit="step"):
         slots = np.arange(active[step])
-        scores[slots, step] = ensemble.step(slots, ts[slots, step], value[slots, step])
+        scores[slots, step] = detector.step(slots, ts[slots, step], value[slots, step])
 
     result: list = [None] * len(files)
     for slot, i in enumerate(order):
@@ -166,7 +175,7 @@ def run_nab(data_dir: Path, out_dir: Path, *, progress: bool = True,
     config = config or EnsembleConfig()
     files = load_corpus(data_dir)
     started = time.perf_counter()
-    scores = detect(files, config, progress=progress)
+    scores = detect(files, lambda n: Ensemble(n, config), progress=progress)
     seconds = time.perf_counter() - started
     write_results(out_dir, files, scores)
 

@@ -4,8 +4,10 @@ Traefik exports counters and cumulative histograms; this collector turns two con
 scrapes into interval values. Latency quantiles are estimated from the increase of each
 ``le`` bucket over the interval, interpolating linearly inside the bucket the quantile
 falls in, as PromQL's ``histogram_quantile`` does (see docs/collectors.md for the buckets
-to configure). Optionally it tails Traefik's JSON access log for exact quantiles on a
-few chosen paths such as ``/shop/checkout``.
+to configure). The share of requests slower than a latency objective, which a latency
+SLO's burn rate needs, is read off the bucket at the objective. Optionally it tails
+Traefik's JSON access log for exact quantiles on a few chosen paths such as
+``/shop/checkout``.
 
 A series that first appears between two scrapes (Traefik creates ``code="500"`` on the
 first server error) counts from zero: all of its value arose during the interval.
@@ -21,7 +23,7 @@ import socket
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,19 +31,23 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.base import Collector, Reading, SignalSpec
-from tillwatch.errors import SourceError
+from tillwatch.errors import ConfigError, SourceError
 
 log = logging.getLogger(__name__)
 
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 HTTP_CODES = {401: "auth_failed", 403: "permission_denied"}
 SECONDS_PER_DAY = 86_400.0
+# One of Traefik's default bucket bounds (0.1, 0.3, 1.2, 5 s), so the default works as is.
+DEFAULT_LATENCY_OBJECTIVE = 0.3
 
 # A counter kept between scrapes: (metric, sorted label pairs).
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 Counts = Mapping[SeriesKey, float]
 # Parsed /metrics: sample name -> [(labels, value)].
 Samples = Mapping[str, list[tuple[dict[str, str], float]]]
+# Interval increase per bucket bound ``le``, per router (or service) naming labels.
+Histograms = Mapping[tuple[str, ...], Mapping[float, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,10 @@ def _scope_signals(scope: Scope, what: str) -> tuple[SignalSpec, ...]:
     specs = [
         SignalSpec(f"{scope.signal}requests_per_second", "1/s", f"requests per {what} per s"),
         SignalSpec(f"{scope.signal}server_error_ratio", "1", f"5xx share of requests, {what}"),
+        SignalSpec(
+            f"{scope.signal}slow_request_ratio", "1",
+            f"share of requests slower than the latency objective (le: bound used), {what}",
+        ),
     ]
     for name, q in QUANTILES.items():
         help_text = f"latency quantile {q:g} per {what}, estimated from histogram buckets"
@@ -79,6 +89,12 @@ class TraefikCollector(Collector):
         access_log: Traefik's JSON access log file, to tail for exact path quantiles.
         access_log_paths: request path prefixes to report from the access log.
         timeout: seconds allowed for the metrics request.
+        latency_objective_seconds: a request slower than this is slow (the latency SLO's
+            threshold); it should be a bound of Traefik's request duration buckets, else
+            the next bound above it is used.
+
+    Raises:
+        ConfigError: when the latency objective is not a positive number of seconds.
     """
 
     source = "traefik"
@@ -102,13 +118,30 @@ class TraefikCollector(Collector):
         access_log: Path | None = None,
         access_log_paths: Sequence[str] = (),
         timeout: float = 5.0,
+        latency_objective_seconds: float = DEFAULT_LATENCY_OBJECTIVE,
     ) -> None:
+        problems = self.check_options({"latency_objective_seconds": latency_objective_seconds})
+        if problems:
+            raise ConfigError(f"traefik collector: {'; '.join(problems)}")
         super().__init__(labels=labels)
         self.metrics_url = metrics_url
         self.timeout = timeout
+        self.latency_objective = float(latency_objective_seconds)
+        self._warned: set[float | None] = set()
         self._previous: dict[SeriesKey, float] | None = None
         self._previous_ts = 0.0
         self._tail = AccessLogTail(access_log, access_log_paths) if access_log else None
+
+    @staticmethod
+    def check_options(options: Mapping[str, object]) -> list[str]:
+        """Problems with option values, each as ``options.<key>: problem; fix``."""
+        objective = options.get("latency_objective_seconds", DEFAULT_LATENCY_OBJECTIVE)
+        if _positive_seconds(objective):
+            return []
+        return [
+            f"options.latency_objective_seconds: must be a positive number of seconds, found "
+            f"{objective!r}; set a bound of Traefik's request duration buckets, e.g. 0.3"
+        ]
 
     def read(self, now: float) -> Iterator[Reading]:
         """Scrape /metrics (and the access log) once.
@@ -180,7 +213,41 @@ class TraefikCollector(Collector):
         increases = _increases(previous, current)
         for scope in SCOPES:
             yield from _requests(scope, samples, increases, seconds)
-            yield from _latencies(scope, samples, increases)
+            histograms = _histograms(scope, samples, increases)
+            yield from _latencies(scope, histograms)
+            yield from self._slow_ratios(scope, histograms)
+
+    def _slow_ratios(self, scope: Scope, histograms: Histograms) -> Iterator[Reading]:
+        for group, counts in sorted(histograms.items()):
+            bound = objective_bound(self.latency_objective, counts)
+            self._warn_once(bound)
+            if bound is None:
+                continue
+
+            # No requests, no ratio, as for the error ratio.
+            ratio = slow_ratio(bound, counts)
+            if ratio is not None:
+                named = {**dict(zip(scope.keys, group, strict=True)), "le": f"{bound:g}"}
+                yield Reading(f"{scope.signal}slow_request_ratio", ratio, named)
+
+    def _warn_once(self, bound: float | None) -> None:
+        exact = bound is not None and math.isclose(bound, self.latency_objective)
+        if exact or bound in self._warned:
+            return
+        self._warned.add(bound)
+        objective = self.latency_objective
+        if bound is None:
+            log.warning(
+                "%s: no request duration bucket at or above the latency objective %gs, so "
+                "no slow_request_ratio; add %g to --metrics.prometheus.buckets",
+                self.name, objective, objective,
+            )
+        else:
+            log.warning(
+                "%s: no request duration bucket at the latency objective %gs; counting "
+                "requests slower than %gs (le=\"%g\") instead; add %g to "
+                "--metrics.prometheus.buckets", self.name, objective, bound, bound, objective,
+            )
 
 
 # The only series read; a space or brace after the name keeps look-alikes out.
@@ -194,6 +261,13 @@ WANTED = tuple(
     )
     for end in ("{", " ")
 )
+
+
+def _positive_seconds(value: object) -> bool:
+    # bool is an int to Python, but true is no number of seconds.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value > 0
 
 
 def _domain(labels: Mapping[str, str]) -> str:
@@ -239,20 +313,55 @@ def _requests(
             yield Reading(f"{scope.signal}server_error_ratio", errors / total, named)
 
 
-def _latencies(scope: Scope, samples: Samples, increases: Counts) -> Iterator[Reading]:
+def _histograms(scope: Scope, samples: Samples, increases: Counts) -> Histograms:
+    """Each router's (or service's) interval increase per ``le`` bucket."""
     name = f"{scope.metric}_request_duration_seconds_bucket"
     buckets: dict[tuple[str, ...], dict[float, float]] = defaultdict(lambda: defaultdict(float))
     for labels, _ in samples.get(name, ()):
         step = increases[(name, tuple(sorted(labels.items())))]
         # Codes and methods are summed: the quantile is over all of the router's requests.
         buckets[tuple(labels.get(k, "") for k in scope.keys)][float(labels["le"])] += step
+    return buckets
 
-    for group, counts in sorted(buckets.items()):
+
+def _latencies(scope: Scope, histograms: Histograms) -> Iterator[Reading]:
+    for group, counts in sorted(histograms.items()):
         named = dict(zip(scope.keys, group, strict=True))
         for quantile_name, q in QUANTILES.items():
             value = histogram_quantile(q, counts)
             if value is not None:
                 yield Reading(f"{scope.signal}latency_{quantile_name}_seconds", value, named)
+
+
+def objective_bound(objective: float, buckets: Iterable[float]) -> float | None:
+    """The bucket bound a latency objective is judged at.
+
+    Args:
+        objective: the latency objective in seconds.
+        buckets: the histogram's bucket bounds ``le``.
+
+    Returns:
+        The objective's own bound when the histogram has it, else the smallest finite bound
+        above it (a histogram cannot tell latencies apart inside a bucket), or None when
+        every finite bound lies below the objective.
+    """
+    above = [
+        bound for bound in buckets
+        if math.isfinite(bound) and (bound > objective or math.isclose(bound, objective))
+    ]
+    return min(above, default=None)
+
+
+def slow_ratio(bound: float, buckets: Mapping[float, float]) -> float | None:
+    """Share of observations above ``bound``, from cumulative bucket counts.
+
+    Returns:
+        The share, or None when the histogram holds no observation or lacks ``+Inf``.
+    """
+    total = buckets.get(math.inf, 0.0)
+    if total <= 0:
+        return None
+    return (total - buckets.get(bound, 0.0)) / total
 
 
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:

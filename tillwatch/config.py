@@ -290,9 +290,22 @@ def _check_collectors(settings: Settings) -> list[str]:
                 f"{key}.source: unknown collector {target.source!r}; use one of {known}"
             )
             continue
-        accepted = _constructor_options(COLLECTORS[target.source])
-        problems += [f"{key}.{problem}" for problem in _check_options(target, accepted)]
+        collector = COLLECTORS[target.source]
+        accepted = _constructor_options(collector)
+        found = _check_options(target, accepted) + _option_values(collector, target.options)
+        problems += [f"{key}.{problem}" for problem in found]
     return problems
+
+
+def _option_values(collector: type, options: dict[str, Any]) -> list[str]:
+    """What a collector finds wrong with its option values, if it checks them.
+
+    A collector that can tell a bad value without reaching its target offers a static
+    ``check_options(options) -> ["options.<key>: problem; fix", ...]``, so ``config
+    check`` reports the value before ``run`` would fail on it.
+    """
+    check = getattr(collector, "check_options", None)
+    return list(check(options)) if check is not None else []
 
 
 def _constructor_options(collector: type) -> dict[str, bool]:

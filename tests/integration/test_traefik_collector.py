@@ -8,6 +8,8 @@ passed explicitly, so rates are exact.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import socket
 import subprocess
@@ -18,9 +20,16 @@ from pathlib import Path
 import pytest
 
 from collectors.base import TargetState, scrape
-from collectors.traefik import AccessLogTail, TraefikCollector, histogram_quantile
+from collectors.traefik import (
+    AccessLogTail,
+    TraefikCollector,
+    histogram_quantile,
+    objective_bound,
+    slow_ratio,
+)
 from tests.services._support import require_binary, wait_until
 from tests.services.traefik import Traefik
+from tillwatch.errors import ConfigError
 from tillwatch.sample import SampleBatch
 
 DATA = Path(__file__).parents[1] / "data" / "traefik"
@@ -34,11 +43,13 @@ CHECKED_SIGNALS = {
     "traefik.scrape_duration_seconds",
     "traefik.requests_per_second",
     "traefik.server_error_ratio",
+    "traefik.slow_request_ratio",
     "traefik.latency_p50_seconds",
     "traefik.latency_p95_seconds",
     "traefik.latency_p99_seconds",
     "traefik.service_requests_per_second",
     "traefik.service_server_error_ratio",
+    "traefik.service_slow_request_ratio",
     "traefik.service_latency_p50_seconds",
     "traefik.service_latency_p95_seconds",
     "traefik.service_latency_p99_seconds",
@@ -116,6 +127,45 @@ def test_server_error_ratio_counts_a_new_500_series_from_zero(traefik, backend):
     # The checkout router saw nothing: a zero rate, and no ratio rather than a false 0.
     assert value(batch, "traefik.requests_per_second", **CHECKOUT) == 0.0
     assert value(batch, "traefik.server_error_ratio", **CHECKOUT) is None
+
+
+@pytest.mark.integration
+def test_slow_request_ratio_is_the_share_slower_than_the_latency_objective(
+    traefik, backend, caplog
+):
+    # 0.3 s and 1 s are bucket bounds of the fixture's Traefik; 0.35 s is not (0.4 s is next).
+    objectives = (0.3, 0.35, 1.0)
+    collectors = {o: collector_for(traefik, latency_objective_seconds=o) for o in objectives}
+    states, t0 = {o: TargetState() for o in objectives}, time.time()
+    for objective, collector in collectors.items():
+        scrape(collector, states[objective], now=t0)
+
+    backend.set(delay=0.02)
+    assert send(traefik, "/shop/cart", 160) == [200] * 160
+    backend.set(delay=0.6)
+    assert send(traefik, "/shop/cart", 40) == [200] * 40
+    with caplog.at_level(logging.WARNING, logger="collectors.traefik"):
+        batches = {o: scrape(c, states[o], now=t0 + 10) for o, c in collectors.items()}
+        scrape(collectors[0.35], states[0.35], now=t0 + 20)
+
+    assert value(batches[0.3], "traefik.requests_per_second", **SHOP) == 20.0
+    # 40 of 200 requests slept 0.6 s: they cannot have been faster than 0.3 s, so the share
+    # is at least 0.2. A 20 ms request counts as slow only if the machine stalled it by
+    # 280 ms; a loaded two-core CI runner may do that to a few, so up to 3 of 200 (1.5 %)
+    # are allowed, far below the 20 % being measured.
+    for objective, le in ((0.3, "0.3"), (0.35, "0.4")):
+        for signal, labels in (("traefik.slow_request_ratio", SHOP),
+                               ("traefik.service_slow_request_ratio", SERVICE)):
+            share = value(batches[objective], signal, **labels, le=le)
+            assert share is not None and 0.2 <= share <= 0.215, (objective, signal, share)
+    # Against 1 s nothing is slow, unless a 0.6 s request was stalled by another 0.4 s.
+    assert value(batches[1.0], "traefik.slow_request_ratio", **SHOP, le="1") <= 0.015
+    # No request on the checkout router: no ratio rather than a false 0.
+    assert value(batches[0.3], "traefik.slow_request_ratio", **CHECKOUT, le="0.3") is None
+
+    # Only the objective off the buckets is warned about, once over two interval scrapes.
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and 'objective 0.35s' in warned[0] and 'le="0.4"' in warned[0]
 
 
 @pytest.mark.integration
@@ -223,6 +273,32 @@ def test_access_log_tail_follows_appends_partial_lines_and_rotation(tmp_path):
 )
 def test_histogram_quantile_interpolates_inside_the_bucket(q, buckets, expected):
     assert histogram_quantile(q, buckets) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("objective", "expected"),
+    [(0.3, 0.3), (0.30000000000000004, 0.3), (0.31, 1.2), (0.05, 0.1), (5.0, 5.0), (6.0, None)],
+)
+def test_the_latency_objective_is_judged_at_its_bucket_or_the_next_one_up(objective, expected):
+    traefik_defaults = (0.1, 0.3, 1.2, 5.0, math.inf)
+    assert objective_bound(objective, traefik_defaults) == expected
+
+
+def test_slow_ratio_counts_what_lies_above_the_bound():
+    counts = {0.1: 10.0, 0.3: 30.0, 1.2: 38.0, math.inf: 40.0}
+    assert slow_ratio(0.3, counts) == pytest.approx(10 / 40)
+    assert slow_ratio(1.2, counts) == pytest.approx(2 / 40)
+    assert slow_ratio(0.3, {0.3: 0.0, math.inf: 0.0}) is None  # no request, no ratio
+
+
+@pytest.mark.parametrize("objective", [0, -0.3, math.nan, True, "0.3"])
+def test_a_latency_objective_that_is_no_positive_number_is_a_config_error(objective):
+    with pytest.raises(ConfigError) as raised:
+        TraefikCollector(labels={}, metrics_url="http://127.0.0.1:1/metrics",
+                         latency_objective_seconds=objective)
+    message = str(raised.value)
+    assert "latency_objective_seconds: must be a positive number of seconds" in message
+    assert f"found {objective!r}" in message and "e.g. 0.3" in message
 
 
 def test_histogram_quantile_has_no_answer_without_observations():

@@ -119,3 +119,23 @@ def test_every_flag_shows_its_environment_variable(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     for env in ("TILLWATCH_CONFIG", "TILLWATCH_ROLE", "TILLWATCH_DURATION"):
         assert f"[env: {env}]" in help_text
+
+
+def test_a_collector_option_value_is_checked_before_the_collector_runs(tmp_path, capsys):
+    path = _write(
+        tmp_path,
+        """
+[[collectors]]
+source = "traefik"
+options = { metrics_url = "http://traefik:8082/metrics", latency_objective_seconds = 0 }
+""",
+    )
+
+    assert cli.main(["config", "check", str(path)]) == 2
+
+    err = capsys.readouterr().err
+    assert "1 error(s)" in err and "Traceback" not in err
+    assert (
+        "collectors.0.options.latency_objective_seconds: must be a positive number of "
+        "seconds, found 0; set a bound of Traefik's request duration buckets, e.g. 0.3"
+    ) in err

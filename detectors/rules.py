@@ -141,6 +141,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     ThresholdRule("traefik.tls_cert_expiry_days", 14.0, clear=21.0, above=False, unit=" d"),
     BurnRateRule("traefik.server_error_ratio", objective=0.999),
     BurnRateRule("traefik.service_server_error_ratio", objective=0.999),
+    # Latency SLO: 99 % of requests faster than the traefik collector's latency objective
+    # (the bucket bound in the le label). Appended last: a snapshot keys rules by index.
+    BurnRateRule("traefik.slow_request_ratio", objective=0.99),
+    BurnRateRule("traefik.service_slow_request_ratio", objective=0.99),
 )
 
 

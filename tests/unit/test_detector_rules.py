@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from detectors.base import DetectorError, OneSeries
-from detectors.burnrate import BurnRate
+from detectors.burnrate import WORKBOOK_ALERTS, BurnRate
+from detectors.rules import DEFAULT_RULES, BurnRateRule, rule_for
 from detectors.threshold import Threshold
 
 START = 1.7e9
@@ -135,3 +136,65 @@ def test_running_window_sums_agree_with_the_ring_at_any_sampling_rhythm():
             total, count = rule._window(np.array([0]), window)
             np.testing.assert_allclose(total / count / rule.budget,
                                        rule.burn(np.array([0]), window), rtol=1e-9)
+
+
+SLOW_LABELS = {"router": "webshop@file", "service": "odoo@file", "le": "0.3"}
+SCRAPE = 15.0  # seconds, the collectors' usual interval
+
+
+def slow_ratios(rng: np.random.Generator, share: float, minutes: int) -> np.ndarray:
+    """The collector's slow_request_ratio for ``minutes`` of scrapes, each over the Poisson
+    count of requests of its interval, each slow with probability ``share``."""
+    requests = np.maximum(rng.poisson(100, int(minutes * 60 / SCRAPE)), 1)
+    return rng.binomial(requests, share) / requests
+
+
+def built_in_slow_request_rule() -> tuple[BurnRateRule, BurnRate]:
+    index = rule_for("traefik.slow_request_ratio", SLOW_LABELS, DEFAULT_RULES)
+    assert index is not None
+    rule = DEFAULT_RULES[index]
+    assert isinstance(rule, BurnRateRule)
+    return rule, rule.build(1)
+
+
+def test_twenty_percent_slow_requests_page_the_fast_latency_window():
+    rng = np.random.default_rng(5)
+    rule, detector = built_in_slow_request_rule()
+    ratios = np.concatenate([slow_ratios(rng, 0.005, 120), slow_ratios(rng, 0.2, 60)])
+
+    one = OneSeries(detector)
+    first = next(i for i, ratio in enumerate(ratios)
+                 if one.step_one(START + SCRAPE * i, ratio) == 1.0)
+
+    onset = 120 * 60 / SCRAPE
+    minutes_in = (first - onset + 1) * SCRAPE / 60
+    # 99 % objective: the fast alert needs 14.4 % slow over the hour; at 20 % after a
+    # 0.5 % baseline, n minutes give (0.2 n + 0.005 (60 - n)) / 60 >= 0.144 at n = 43. The
+    # slow alert's 6 % over 6 h (here 2 h + n) needs n = 47: the fast window pages first.
+    assert first > onset
+    assert 40 <= minutes_in <= 46, minutes_in
+    explained = rule.explain("traefik.slow_request_ratio", ratios[first], detector, 0)
+    assert "99% objective" in explained and "over 60 min" in explained, explained
+    assert "over 360 min" not in explained, explained
+
+
+def test_half_a_percent_slow_requests_never_fire():
+    rng = np.random.default_rng(6)
+    _, detector = built_in_slow_request_rule()
+    ratios = slow_ratios(rng, 0.005, 12 * 60)
+
+    scores = replay(detector, ratios, every=SCRAPE)
+
+    # Half the 1 % budget: a burn rate near 0.5, far below the slow alert's 6.
+    assert scores.max() == 0.0
+    assert 0.3 < detector.burn(np.array([0]), 360)[0] < 0.7
+
+
+def test_the_service_slow_request_ratio_has_the_same_latency_objective():
+    labels = {"service": "odoo@file", "le": "0.3"}
+    index = rule_for("traefik.service_slow_request_ratio", labels, DEFAULT_RULES)
+
+    assert index is not None
+    rule = DEFAULT_RULES[index]
+    assert isinstance(rule, BurnRateRule) and rule.objective == 0.99
+    assert rule.alerts == WORKBOOK_ALERTS

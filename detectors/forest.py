@@ -23,7 +23,10 @@ Two views, the larger wins:
   extreme training row and scores no higher.
 
 So 0.5 or more means "more isolated than anything in the window, or well outside it".
-State: the window of rows (bounded) and the fitted transform, forest and calibration.
+State: the window of rows (bounded), the rows of the last fit and the fitted transform,
+forest and calibration. :meth:`ServiceForest.snapshot` saves the rows only, as plain
+arrays (a pickled model is code, and a snapshot holds data); :meth:`ServiceForest.restore`
+refits from them in the caller with the same seed, so it scores as before the restart.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +48,7 @@ from detectors.base import NEUTRAL_SCORE, DetectorError
 log = logging.getLogger(__name__)
 
 RANGE_UNITS = 6.0  # standard deviations beyond the training range that score 1
+SNAPSHOT_KEYS = ("training", "recent", "last", "since_fit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,7 @@ class _Fit:
     low: np.ndarray  # training range along each principal axis
     high: np.ndarray
     spread: np.ndarray  # standard deviation along each axis
+    training: np.ndarray  # the rows fitted on: a snapshot saves them to refit this model
 
     def score(self, rows: np.ndarray) -> np.ndarray:
         """Each row's score: the larger of the isolation and range views."""
@@ -160,6 +166,68 @@ class ServiceForest:
         if fitting is not None:
             fitting.join()
 
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """The forest's state as plain arrays for an ``.npz`` file; no model is pickled.
+
+        Waits for a refit in progress first, so the saved rows are those of the model in
+        use.
+
+        Returns:
+            ``training``: the rows of the last fit (none before it); ``recent``: the
+            rows learned since, at most a window of them; ``last``: each series' last
+            value, for the forward fill; ``since_fit``: rows learned since the fit.
+        """
+        self.wait()
+        with self._lock:
+            model = self._model
+        training = model.training if model else np.empty((0, self.n_series))
+        rows = list(self._rows)
+        recent = rows[len(rows) - min(self._since_fit, len(rows)):]
+        return {
+            "training": training,
+            "recent": np.array(recent).reshape(-1, self.n_series),
+            "last": self._last.copy(),
+            "since_fit": np.array([self._since_fit], dtype=np.int64),
+        }
+
+    def restore(self, saved: Mapping[str, np.ndarray]) -> None:
+        """Resume from :meth:`snapshot`'s arrays, refitting in the caller.
+
+        The refit uses this forest's own settings; with the saved forest's settings and
+        seed it is the same model, so rows score as they would have without the restart.
+
+        Args:
+            saved: the arrays :meth:`snapshot` returned, read back.
+
+        Raises:
+            DetectorError: when an array is missing or holds another number of series.
+        """
+        self._check_snapshot(saved)
+        self.wait()
+        training = np.asarray(saved["training"], dtype=float)
+        history = np.concatenate([training, np.asarray(saved["recent"], dtype=float)])
+        self._rows = deque(history[len(history) - min(self.window, len(history)):],
+                           maxlen=self.window)
+        self._last = np.asarray(saved["last"], dtype=float).copy()
+        self._since_fit = int(saved["since_fit"][0])
+        model = self._fit_model(training) if len(training) else None
+        with self._lock:
+            self._model = model
+
+    def _check_snapshot(self, saved: Mapping[str, np.ndarray]) -> None:
+        missing = [key for key in SNAPSHOT_KEYS if key not in saved]
+        if missing:
+            raise DetectorError(f"service forest snapshot: no {', '.join(missing)} array; "
+                                "write it with ServiceForest.snapshot")
+        shapes = [saved[key].shape for key in ("training", "recent")]
+        if any(len(shape) != 2 or shape[1] != self.n_series for shape in shapes) or (
+                saved["last"].shape != (self.n_series,)):
+            raise DetectorError(
+                f"service forest snapshot: rows of shapes {shapes} and last values of "
+                f"shape {saved['last'].shape}, expected {self.n_series} series; a "
+                "snapshot of another service or version"
+            )
+
     def _forward_fill(self, rows: np.ndarray) -> np.ndarray:
         """Each NaN replaced by its series' last value (NaN while it never had one)."""
         filled = np.empty_like(rows)
@@ -191,6 +259,12 @@ class ServiceForest:
         self._fitting.start()
 
     def _fit(self, training: np.ndarray) -> None:
+        model = self._fit_model(training)
+        with self._lock:
+            self._model = model
+        log.debug("service forest refitted on %s rows", len(training))
+
+    def _fit_model(self, training: np.ndarray) -> _Fit:
         axes = make_pipeline(StandardScaler(), PCA(random_state=self.random_state))
         # A window where nothing moved has no variance to share out among the axes:
         # PCA's explained-variance ratios (unused here) divide by zero.
@@ -200,8 +274,5 @@ class ServiceForest:
                                  random_state=self.random_state).fit(rotated)
         # A constant axis (a series that never moved) gets a floor, not a zero spread.
         spread = np.maximum(rotated.std(axis=0), 1e-6)
-        model = _Fit(axes, forest, np.sort(-forest.score_samples(rotated)),
-                     rotated.min(axis=0), rotated.max(axis=0), spread)
-        with self._lock:
-            self._model = model
-        log.debug("service forest refitted on %s rows", len(training))
+        return _Fit(axes, forest, np.sort(-forest.score_samples(rotated)),
+                    rotated.min(axis=0), rotated.max(axis=0), spread, training)

@@ -87,3 +87,46 @@ def test_a_series_that_never_moved_is_fitted_without_warnings_and_flagged_when_i
 
     ordinary, flagged = forest.step_many(np.vstack([rows[301], moved]))
     assert ordinary < 0.5 <= flagged
+
+
+def feed(forest: ServiceForest, rows: np.ndarray, batch: int = 40) -> np.ndarray:
+    """Score rows in batches, letting each background refit land before the next batch."""
+    scores = []
+    for first in range(0, len(rows), batch):
+        scores.append(forest.step_many(rows[first:first + batch]))
+        forest.wait()
+    return np.concatenate(scores)
+
+
+@pytest.mark.parametrize("cut", [60, 460])
+def test_a_restored_forest_scores_the_following_rows_as_the_uninterrupted_one(tmp_path, cut):
+    rows = correlated_rows(1000, seed=6)
+    settings = {"window": 300, "refit_every": 100, "warm_up": 200}
+    running = ServiceForest(3, **settings)
+    feed(running, rows[:cut])
+    np.savez(tmp_path / "forest.npz", **running.snapshot())
+
+    restored = ServiceForest(3, **settings)
+    with np.load(tmp_path / "forest.npz", allow_pickle=False) as saved:
+        recent = len(saved["recent"])
+        restored.restore(dict(saved))
+    fitted_on_restore = restored.fitted
+    after = feed(restored, rows[cut:])
+
+    np.testing.assert_allclose(after, feed(running, rows[cut:]), rtol=1e-12, atol=0)
+    assert after.max() > NEUTRAL_SCORE
+    # Cut at 460: the model was fitted at row 400 on rows 100..400, 60 of which have
+    # left the window since; before any fit (cut at 60) the window is all there is.
+    assert recent == (60 if cut == 460 else cut)
+    assert fitted_on_restore == (cut == 460)
+
+
+def test_a_restore_refuses_rows_of_another_width():
+    three = ServiceForest(3, refit_every=100, background=False, warm_up=0)
+    three.step_many(correlated_rows(150, seed=7))
+
+    with pytest.raises(DetectorError, match="expected 2 series"):
+        ServiceForest(2).restore(three.snapshot())
+    with pytest.raises(DetectorError, match="no since_fit array"):
+        ServiceForest(3).restore({k: v for k, v in three.snapshot().items()
+                                  if k != "since_fit"})

@@ -15,8 +15,8 @@ see :mod:`detectors.rules`): threshold rules with hysteresis and minimum duratio
 age, replication lag, certificate expiry) and SLO burn-rate rules (server error ratios).
 With ``multivariate=True`` each service's series are also judged jointly by a
 :class:`~detectors.forest.ServiceForest` (its anomalies carry ``detector="forest"`` and
-the signal ``service.joint`` labelled with the service); forests are refitted after a
-restart, not snapshotted.
+the signal ``service.joint`` labelled with the service). A snapshot keeps each forest's
+rows, not its model; a restore refits the forests from them, so they go on scoring at once.
 
 KPI samples outside trading hours or inside a calendar event (``calendar``) are masked
 before the seasonal families see them: neutral, and not learned. A batch may hold several
@@ -34,10 +34,11 @@ from typing import Any, cast
 
 import numpy as np
 
+from detectors.base import DetectorError
 from detectors.calendar import Calendar
 from detectors.counts import PoissonCounts
 from detectors.ensemble import DEV, LEVEL, Ensemble, EnsembleConfig
-from detectors.forest import ServiceForest
+from detectors.forest import SNAPSHOT_KEYS, ServiceForest
 from detectors.rules import DEFAULT_RULES, Rule, rule_for
 from detectors.seasonal import Seasonal
 from detectors.table import TableDetector
@@ -141,6 +142,7 @@ class DetectorStage:
             arrays[f"{family}_state"] = self.detectors[family].state
         for i, rule in enumerate(self.rules):
             arrays[f"rule{i}_rule"] = np.array([repr(rule)])
+        arrays.update(self._forest_arrays())
         with open(path, "wb") as handle:
             np.savez(handle, **arrays)
 
@@ -161,6 +163,38 @@ class DetectorStage:
                 self._slots[family] = {
                     int(i): slot for slot, i in enumerate(saved[f"{prefix}ids"].tolist())
                 }
+            if self.multivariate:
+                self._restore_forests(saved)
+
+    def _forest_arrays(self) -> dict[str, np.ndarray]:
+        """Each service's series ids and forest rows, under ``forest<i>_`` keys."""
+        services = sorted(self._forests)
+        arrays = {"forest_services": np.array(services, dtype=str)}
+        for i, service in enumerate(services):
+            known, forest = self._forests[service]
+            arrays[f"forest{i}_ids"] = np.array(known, dtype=np.uint64)
+            arrays.update({f"forest{i}_{key}": value
+                           for key, value in forest.snapshot().items()})
+        return arrays
+
+    def _restore_forests(self, saved: np.lib.npyio.NpzFile) -> None:
+        """Refit each saved service forest; a snapshot without forests starts them afresh."""
+        self._forests = {}
+        if "forest_services" not in saved:
+            log.info("detector snapshot: no service forests in it (an older snapshot); "
+                     "they start afresh, neutral for a day")
+            return
+        for i, service in enumerate(saved["forest_services"].tolist()):
+            known = [int(series_id) for series_id in saved[f"forest{i}_ids"].tolist()]
+            forest = ServiceForest(len(known))
+            try:
+                forest.restore({key: saved[f"forest{i}_{key}"] for key in SNAPSHOT_KEYS
+                                if f"forest{i}_{key}" in saved})
+            except DetectorError as error:
+                log.warning("detector snapshot: %s; the forest of %s starts afresh",
+                            error, service)
+                continue
+            self._forests[service] = (known, forest)
 
     def _same_layout(self, family: str, state: np.ndarray) -> bool:
         """Whether a saved table has the family's columns; a snapshot from a version with

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from detectors.base import NEUTRAL_SCORE, DetectorError, OneSeries
+from detectors.bocpd import Bocpd
 from detectors.burnrate import BurnRate
 from detectors.counts import PoissonCounts
 from detectors.cusum import Cusum
 from detectors.ensemble import Ensemble
+from detectors.pagehinkley import PageHinkley
 from detectors.seasonal import Seasonal
 from detectors.threshold import Threshold
 
@@ -18,6 +20,8 @@ LEARNED = {
     "cusum": lambda n: Cusum(n),
     "seasonal": lambda n: Seasonal(n),
     "counts": lambda n: PoissonCounts(n),
+    "page_hinkley": lambda n: PageHinkley(n),
+    "bocpd": lambda n: Bocpd(n),
 }
 # Rules judge against a limit known in advance: they learn nothing, so the ranking test
 # (which injects shifts both ways) does not apply; their own tests cover their verdicts.

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+from scipy.special import ndtr
 
 from tillwatch.errors import TillwatchError
 from tillwatch.sample import SampleBatch, Series
@@ -269,6 +270,7 @@ def _traefik_layout(estate: Estate) -> dict[str, list[dict[str, str]]]:
         "traefik.requests_per_second": routers,
         "traefik.latency_p95_seconds": routers,
         "traefik.server_error_ratio": routers,
+        "traefik.slow_request_ratio": [{**r, "le": f"{_LATENCY_OBJECTIVE:g}"} for r in routers],
         "traefik.path_requests_per_second": paths,
         "traefik.path_latency_p95_seconds": paths,
         "traefik.tls_cert_expiry_days": [
@@ -570,6 +572,10 @@ class Simulator:
 _BACKUP_DONE_HOUR = 1.0 + 40 / 60  # nightly backup starts 01:00 and takes 40 minutes
 _SERVICE_SECONDS = 0.35  # Odoo worker time per request
 _ROUTER_LATENCY = {"pos": 0.12, "webshop": 0.35, "backoffice": 0.5}
+# The latency SLO's threshold: a Traefik default bucket well above every router's usual p95.
+_LATENCY_OBJECTIVE = 1.2
+_LATENCY_SPREAD = 0.5  # sigma of log latency: request latencies are log-normal around the p95
+_P95_Z = 1.645  # the standard normal's 95th percentile
 _CHECKOUT_BUDGET = {"pos": 2.5, "website": 4.0}  # seconds a customer tolerates before leaving
 _WEEKDAY_FACTOR = {
     "pos": (0.8, 0.85, 0.9, 0.95, 1.1, 1.4, 0.9),
@@ -688,9 +694,23 @@ def _traefik_latency(day: _Day, estate: Estate, saturation: np.ndarray) -> None:
     width = len(estate.routers)
     latency = base * (0.3 + 0.7 / (1 - rho)) * day.noise("latency", 0.08, width)
     day.put("traefik.latency_p95_seconds", latency)
+    _slow_requests(day, estate, latency)
 
     errors = 0.0015 * day.noise("errors", 0.3, width) + 1.2 * np.maximum(0.0, rho - 0.9)
     day.put("traefik.server_error_ratio", np.clip(errors, 0.0, 1.0))
+
+
+def _slow_requests(day: _Day, estate: Estate, p95: np.ndarray) -> None:
+    """Share of each router's requests slower than the latency objective, for log-normal
+    latencies with that p95, with the sampling noise of the step's request count."""
+    z = np.log(_LATENCY_OBJECTIVE / p95) / _LATENCY_SPREAD + _P95_Z
+    share = ndtr(-z)
+    rate = day.values["traefik.requests_per_second"]
+    requests = np.maximum(rate * estate.step_seconds, 1.0)
+    # Normal draws, one per value: an effect on one step leaves the others' draws alone.
+    spread = np.sqrt(share * (1 - share) / requests)
+    noise = day.rng("slow").normal(0.0, 1.0, share.shape) * spread
+    day.put("traefik.slow_request_ratio", np.clip(share + noise, 0.0, 1.0))
 
 
 def _checkout(day: _Day, estate: Estate, demand: np.ndarray) -> None:

@@ -23,6 +23,7 @@ READING_LABELS: dict[str, set[frozenset[str]]] = {
     "kpi.stock_sync_delay_seconds": {frozenset({"company"})},
     "traefik.requests_per_second": {frozenset({"router", "service"})},
     "traefik.server_error_ratio": {frozenset({"router", "service"})},
+    "traefik.slow_request_ratio": {frozenset({"router", "service", "le"})},
     "traefik.latency_p95_seconds": {frozenset({"router", "service"})},
     "traefik.path_requests_per_second": {frozenset({"path"})},
     "traefik.path_latency_p95_seconds": {frozenset({"path"})},

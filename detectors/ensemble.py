@@ -17,7 +17,13 @@ Views, each a tail probability (small means surprising):
 - *repeat*: a run of one exact value longer than any run the series has finished (a
   counter stuck at zero, a key held down): it names the one sample where the run passes
   the longest earlier run by :attr:`EnsembleConfig.run_margin`, so a stuck series is
-  reported once.
+  reported once;
+- *shape*: how far the last few samples, as a short sequence, lie from their nearest
+  neighbours among sequences kept from the recent past (a bounded reservoir, one kept
+  every few samples), averaged over a short horizon and judged by its long-run law. It
+  sees a day that looks unlike the days before while every value stays in range (a
+  holiday in a taxi series), which is KNN CAD's idea with the reservoir cut to fit the
+  state budget.
 
 The smallest probability (Bonferroni-corrected) becomes the score: decades of surprise
 over :attr:`EnsembleConfig.decades`, capped at 1. After a score reaches
@@ -76,6 +82,15 @@ class EnsembleConfig:
         run_margin: share by which a run of one value must pass the longest finished run.
         run_floor: the shortest run the repeat view judges against, so short repeats of
             a coarse series are never news.
+        shape_width: samples in one sequence of the shape view.
+        shape_kept: sequences the shape view keeps per series (its reservoir).
+        shape_stride: samples between two kept sequences, so the reservoir spans
+            ``shape_kept * shape_stride`` samples.
+        shape_neighbours: neighbours whose mean distance is the sequence's strangeness.
+        shape_short: smoothing of the short-horizon log distance.
+        shape_long: smoothing of the long-run law of that average.
+        shape_after: samples before the shape view speaks.
+        shape_decades: extra decades of surprise the shape view needs.
     """
 
     fast: float = 0.01
@@ -100,6 +115,14 @@ class EnsembleConfig:
     phase_decades: float = 8.0
     run_margin: float = 0.25
     run_floor: float = 50.0
+    shape_width: int = 4
+    shape_kept: int = 96
+    shape_stride: int = 3
+    shape_neighbours: int = 3
+    shape_short: float = 0.05
+    shape_long: float = 0.002
+    shape_after: int = 600
+    shape_decades: float = 1.0
 
 
 PHASE_CELLS = 24  # hours of the UTC day
@@ -115,6 +138,9 @@ FIRST_TS, PHASE_SHORT, PHASE_MEAN, PHASE_VAR = range(10, 14)
 RUN, RUN_LONGEST, RUN_VALUE = range(14, 17)
 PHASE_LEVEL = 17
 PHASE_DEV = PHASE_LEVEL + PHASE_CELLS
+SHAPE_SHORT, SHAPE_MEAN, SHAPE_VAR, SHAPE_LEARNED = range(PHASE_DEV + PHASE_CELLS,
+                                                          PHASE_DEV + PHASE_CELLS + 4)
+SHAPE_SEQUENCE = SHAPE_LEARNED + 1  # the last shape_width samples, oldest first
 # Learning rate floor of the phase surprise law before the view speaks.
 PHASE_YOUNG_RATE = 0.01
 
@@ -127,10 +153,10 @@ class Ensemble(TableDetector):
         config: tuning shared by every series.
     """
 
-    columns = _COLUMNS
-
     def __init__(self, n_slots: int = 1, config: EnsembleConfig | None = None) -> None:
         self.config = config or EnsembleConfig()
+        self.columns = _shape_columns(self.config)
+        self._kept_at = SHAPE_SEQUENCE + self.config.shape_width
         super().__init__(n_slots, warm_up=self.config.warm_up)
 
     def _initial_rows(self, rows: np.ndarray) -> None:
@@ -142,20 +168,25 @@ class Ensemble(TableDetector):
         rows[:, PHASE_VAR] = 1.0
         rows[:, RUN_VALUE] = np.nan
         rows[:, PHASE_LEVEL:PHASE_DEV] = 0.0
-        rows[:, PHASE_DEV:] = -1.0  # an hour not seen yet
+        rows[:, PHASE_DEV:PHASE_DEV + PHASE_CELLS] = -1.0  # an hour not seen yet
+        rows[:, SHAPE_VAR] = 1.0
+        rows[:, SHAPE_SEQUENCE:self._kept_at] = np.nan  # no sequence seen or kept yet
+        self._reservoir(rows)[...] = np.nan
 
     def _advance(self, rows: np.ndarray, ts: np.ndarray, value: np.ndarray) -> np.ndarray:
         first = np.isnan(rows[:, LEVEL])
         rows[first, LEVEL] = value[first]
         rows[first, FIRST_TS] = ts[first]
+        shape_log_p = self._shape_log_p(rows, value)
         z = np.minimum(np.abs(value - rows[:, LEVEL]) / self._scale(rows), self.config.z_cap)
         log_p = np.minimum(self._level_log_p(rows, z), self._novelty_log_p(rows, value))
         log_p = np.minimum(log_p, log_ndtr(-z / self.config.point))
         log_p = np.minimum(log_p, self._phase_log_p(rows, ts, value))
         log_p = np.minimum(log_p, self._repeat_log_p(rows, value))
+        log_p = np.minimum(log_p, shape_log_p)
 
-        # Four graded views were consulted: quadruple the smallest probability (Bonferroni).
-        decades = -(np.minimum(log_p + np.log(4.0), 0.0)) / LN10
+        # Five graded views were consulted: five times the smallest probability (Bonferroni).
+        decades = -(np.minimum(log_p + np.log(5.0), 0.0)) / LN10
         surprise = decades / self.config.decades
         score = self._hold(rows, np.minimum(surprise, 1.0), surprise)
         self._learn(rows, value)
@@ -220,6 +251,78 @@ class Ensemble(TableDetector):
         passes = (rows[:, RUN] == bar) & (rows[:, RUN_LONGEST] >= 2)
         return np.where(passes, -cfg.decades * 2 * LN10, 0.0)
 
+    def _shape_log_p(self, rows: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Log tail probability of the recent sequence's distance to its nearest kept ones.
+
+        Distances are in units of the series' robust deviation. The sequence is judged
+        before it can be kept, so it never meets itself.
+        """
+        cfg = self.config
+        sequence = rows[:, SHAPE_SEQUENCE:self._kept_at]
+        sequence[:, :-1] = sequence[:, 1:].copy()
+        sequence[:, -1] = value
+        reservoir = self._reservoir(rows)
+
+        squared = self._squared_distances(reservoir, sequence)
+        nearest = np.partition(squared, cfg.shape_neighbours - 1, axis=1)
+        distance = np.sqrt(nearest[:, : cfg.shape_neighbours]).mean(axis=1)
+        strangeness = np.log(distance / self._scale(rows) + 1e-9)
+        full = ~np.isnan(reservoir[:, -1, 0]) & np.isfinite(strangeness)
+        log_p = self._shape_law(rows, np.where(full, strangeness, 0.0), full)
+
+        self._keep_sequence(rows, sequence, reservoir)
+        speaks = full & (rows[:, 0] >= cfg.shape_after)
+        return np.where(speaks, np.minimum(log_p + cfg.shape_decades * LN10, 0.0), 0.0)
+
+    @staticmethod
+    def _squared_distances(reservoir: np.ndarray, sequence: np.ndarray) -> np.ndarray:
+        """Squared distance of each series' sequence to each kept one (inf if not kept yet).
+
+        Summed position by position: numpy reduces a short last axis slowly.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values: inf, far away
+            gaps = reservoir - sequence[:, None, :].astype(np.float32)
+            gaps *= gaps
+            squared = gaps[:, :, 0].copy()
+            for position in range(1, gaps.shape[2]):
+                squared += gaps[:, :, position]
+        return np.where(np.isnan(squared), np.inf, squared)
+
+    def _reservoir(self, rows: np.ndarray) -> np.ndarray:
+        """The kept sequences as a ``(series, kept, width)`` float32 view into ``rows``.
+
+        They are stored as float32 pairs packed into the float64 table: half the state,
+        and distances between normalised sequences need no more precision.
+        """
+        packed = rows[:, self._kept_at:].view(np.float32)
+        reservoir = packed.reshape(len(rows), self.config.shape_kept, self.config.shape_width)
+        assert not len(rows) or np.shares_memory(reservoir, rows), "a view, not a copy"
+        return reservoir
+
+    def _shape_law(self, rows: np.ndarray, strangeness: np.ndarray,
+                   full: np.ndarray) -> np.ndarray:
+        """Average the strangeness, judge it by its long-run law, then teach the law."""
+        cfg = self.config
+        rows[:, SHAPE_SHORT] += full * cfg.shape_short * (strangeness - rows[:, SHAPE_SHORT])
+        gap = rows[:, SHAPE_SHORT] - rows[:, SHAPE_MEAN]
+        log_p = log_ndtr(-gap / (np.sqrt(rows[:, SHAPE_VAR]) + 1e-3))
+
+        rate = full * np.maximum(cfg.shape_long, 1.0 / (rows[:, SHAPE_LEARNED] + 1.0))
+        rows[:, SHAPE_MEAN] += rate * gap
+        rows[:, SHAPE_VAR] += rate * (gap * gap - rows[:, SHAPE_VAR])
+        rows[:, SHAPE_LEARNED] += full
+        return log_p
+
+    def _keep_sequence(self, rows: np.ndarray, sequence: np.ndarray,
+                       reservoir: np.ndarray) -> None:
+        """Keep every ``shape_stride``-th complete sequence, overwriting the oldest."""
+        cfg = self.config
+        count = rows[:, 0] + 1
+        keep = (count % cfg.shape_stride == 0) & ~np.isnan(sequence[:, 0])
+        at = np.flatnonzero(keep)
+        place = (count[at] // cfg.shape_stride % cfg.shape_kept).astype(np.int64)
+        reservoir[at, place] = sequence[at]  # a view: this writes the rows
+
     def _phase_law(self, rows: np.ndarray, z: np.ndarray, speaks: np.ndarray) -> np.ndarray:
         """Average the phase surprise, judge it by its long-run law, then teach the law.
 
@@ -278,3 +381,13 @@ class Ensemble(TableDetector):
         span = rows[:, HIGH] - rows[:, LOW]
         span = np.where(np.isfinite(span), span, 0.0)
         return 1e-3 * span + 1e-9 * np.abs(rows[:, LEVEL]) + 1e-12
+
+
+def _shape_columns(config: EnsembleConfig) -> tuple[str, ...]:
+    """The ensemble's columns: the fixed ones, then the shape view's sequence and reservoir."""
+    sequence = tuple(f"shape_sequence_{i}" for i in range(config.shape_width))
+    if config.shape_kept * config.shape_width % 2:
+        raise ValueError("shape_kept x shape_width must be even: float32 values go in pairs")
+    kept = tuple(f"shape_kept_{j}" for j in range(config.shape_kept * config.shape_width // 2))
+    return (*_COLUMNS, "shape_short", "shape_mean", "shape_var", "shape_learned",
+            *sequence, *kept)

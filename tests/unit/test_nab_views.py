@@ -1,4 +1,4 @@
-"""The ensemble views added for NAB's misses: a day whose shape changes inside its range."""
+"""The ensemble views added for NAB's misses: changes that stay inside the usual range."""
 
 from __future__ import annotations
 
@@ -107,3 +107,31 @@ def test_runs_as_long_as_usual_raise_no_repeat_alarm():
     without = _scores(EnsembleConfig(run_margin=np.inf), ts, value)
 
     np.testing.assert_array_equal(scores, without)
+
+
+def _rising_saws(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Saw teeth that rise over 12 samples and drop at once, with a little noise."""
+    rng = np.random.default_rng(seed)
+    ts = START + STEP * np.arange(1_500)
+    return ts, 10 * (np.arange(len(ts)) % 12) / 11 + rng.normal(0, 0.2, len(ts))
+
+
+def test_falling_saws_inside_the_usual_range_are_found_by_the_shape_view():
+    ts, value = _rising_saws(seed=15)
+    falling = slice(1_200, 1_260)
+    value[falling] = value[falling][::-1]  # the same values, each tooth now falls
+
+    scores = _scores(EnsembleConfig(), ts, value)
+    without = _scores(EnsembleConfig(shape_decades=1e6), ts, value)
+
+    assert scores[falling].max() >= 0.47
+    assert without[falling].max() < 0.47  # same values, same hours: no other view sees it
+
+
+def test_the_shape_view_adds_no_alarm_to_ordinary_saws():
+    ts, value = _rising_saws(seed=16)
+
+    alarms = _scores(EnsembleConfig(), ts, value) >= 0.47
+    without = _scores(EnsembleConfig(shape_decades=1e6), ts, value) >= 0.47
+
+    assert not (alarms & ~without).any()

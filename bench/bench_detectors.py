@@ -23,11 +23,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from detectors.bocpd import Bocpd
 from detectors.burnrate import BurnRate
 from detectors.counts import PoissonCounts
 from detectors.cusum import Cusum
 from detectors.ensemble import Ensemble
 from detectors.forest import ServiceForest
+from detectors.pagehinkley import PageHinkley
 from detectors.seasonal import Seasonal
 from detectors.table import TableDetector
 from detectors.threshold import Threshold
@@ -36,6 +38,8 @@ START = 1.7e9
 BATCH: dict[str, Callable[[int], TableDetector]] = {
     "ensemble": lambda n: Ensemble(n),
     "cusum": lambda n: Cusum(n),
+    "page-hinkley": lambda n: PageHinkley(n),
+    "bocpd": lambda n: Bocpd(n),
     "seasonal": lambda n: Seasonal(n),
     "counts (Poisson)": lambda n: PoissonCounts(n),
     "threshold rule": lambda n: Threshold(n, limit=150.0, clear=140.0, min_duration=300.0),

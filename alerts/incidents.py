@@ -359,7 +359,11 @@ class IncidentBuilder:
             )
             for finding in sorted(incident.findings.values(), key=_appearance)
         )
-        root = root_cause(findings, self.topology)
+        # An incident outlives its first findings: once a cause has gone quiet, what is
+        # anomalous now is the better suspect (a morning's demand rise on Redis does not
+        # explain the starved workers of lunchtime that kept its incident open).
+        active = [finding for finding in findings if finding.active]
+        root = root_cause(active, self.topology) or root_cause(findings, self.topology)
         return Incident(
             incident_id=incident.incident_id,
             opened_at=incident.opened_at,

@@ -116,6 +116,25 @@ def test_among_equally_upstream_anomalies_the_earliest_is_the_root_cause() -> No
     assert root is not None and root.node == "redis"
 
 
+def test_a_quiet_upstream_finding_yields_the_root_cause_to_an_active_one() -> None:
+    # A KPI keeps the incident open while the Redis anomaly that opened it goes quiet;
+    # the Traefik latency that follows is what is anomalous now.
+    builder = IncidentBuilder(window=300.0)
+    builder.observe(anomaly(0, "redis.used_memory_ratio"))
+    for minute in range(1, 12):
+        builder.observe(anomaly(60 * minute, "kpi.revenue_per_minute", "up", 130.0, 100.0))
+
+    events = builder.observe(anomaly(700, "traefik.latency_p95_seconds"))
+
+    incident = events[-1].incident
+    assert [f.signal for f in incident.findings if not f.active] == ["redis.used_memory_ratio"]
+    assert incident.root_cause is not None
+    assert incident.root_cause.signal == "traefik.latency_p95_seconds"
+    resolved = builder.advance(T0 + 10_000)[-1].incident
+    assert resolved.root_cause is not None
+    assert resolved.root_cause.signal == "redis.used_memory_ratio"  # none active: upstream
+
+
 def test_kpi_only_incident_has_no_root_cause_and_records_the_impact() -> None:
     builder = IncidentBuilder()
 

@@ -140,7 +140,17 @@ PHASE_LEVEL = 17
 PHASE_DEV = PHASE_LEVEL + PHASE_CELLS
 SHAPE_SHORT, SHAPE_MEAN, SHAPE_VAR, SHAPE_LEARNED = range(PHASE_DEV + PHASE_CELLS,
                                                           PHASE_DEV + PHASE_CELLS + 4)
-SHAPE_SEQUENCE = SHAPE_LEARNED + 1  # the last shape_width samples, oldest first
+VIEW = SHAPE_LEARNED + 1  # index in VIEWS of the view that decided the latest score
+SHAPE_SEQUENCE = VIEW + 1  # the last shape_width samples, oldest first
+# The views, in the order ``_advance`` consults them, and what each one's surprise means.
+VIEWS = {
+    "level": "a sustained shift from the running level",
+    "novelty": "beyond the range the series has shown",
+    "point": "one sample far from the running level",
+    "phase": "unlike this hour of the day",
+    "repeat": "one value repeated longer than ever before",
+    "shape": "the last samples unlike any recent sequence",
+}
 # Learning rate floor of the phase surprise law before the view speaks.
 PHASE_YOUNG_RATE = 0.01
 
@@ -179,11 +189,13 @@ class Ensemble(TableDetector):
         rows[first, FIRST_TS] = ts[first]
         shape_log_p = self._shape_log_p(rows, value)
         z = np.minimum(np.abs(value - rows[:, LEVEL]) / self._scale(rows), self.config.z_cap)
-        log_p = np.minimum(self._level_log_p(rows, z), self._novelty_log_p(rows, value))
-        log_p = np.minimum(log_p, log_ndtr(-z / self.config.point))
-        log_p = np.minimum(log_p, self._phase_log_p(rows, ts, value))
-        log_p = np.minimum(log_p, self._repeat_log_p(rows, value))
-        log_p = np.minimum(log_p, shape_log_p)
+        views = np.stack([
+            self._level_log_p(rows, z), self._novelty_log_p(rows, value),
+            log_ndtr(-z / self.config.point), self._phase_log_p(rows, ts, value),
+            self._repeat_log_p(rows, value), shape_log_p,
+        ])
+        rows[:, VIEW] = np.argmin(views, axis=0)
+        log_p = views.min(axis=0)
 
         # Five graded views were consulted: five times the smallest probability (Bonferroni).
         decades = -(np.minimum(log_p + np.log(5.0), 0.0)) / LN10
@@ -273,6 +285,11 @@ class Ensemble(TableDetector):
         self._keep_sequence(rows, sequence, reservoir)
         speaks = full & (rows[:, 0] >= cfg.shape_after)
         return np.where(speaks, np.minimum(log_p + cfg.shape_decades * LN10, 0.0), 0.0)
+
+    def deciding_view(self, slots: np.ndarray) -> list[str]:
+        """Name of the view (a key of :data:`VIEWS`) that decided each slot's last score."""
+        names = list(VIEWS)
+        return [names[int(i)] for i in self.state[np.asarray(slots, dtype=np.int64), VIEW]]
 
     @staticmethod
     def _squared_distances(reservoir: np.ndarray, sequence: np.ndarray) -> np.ndarray:
@@ -384,10 +401,11 @@ class Ensemble(TableDetector):
 
 
 def _shape_columns(config: EnsembleConfig) -> tuple[str, ...]:
-    """The ensemble's columns: the fixed ones, then the shape view's sequence and reservoir."""
+    """The ensemble's columns: the fixed ones, the deciding view, then the shape view's
+    sequence and reservoir (their width depends on the configuration)."""
     sequence = tuple(f"shape_sequence_{i}" for i in range(config.shape_width))
     if config.shape_kept * config.shape_width % 2:
         raise ValueError("shape_kept x shape_width must be even: float32 values go in pairs")
     kept = tuple(f"shape_kept_{j}" for j in range(config.shape_kept * config.shape_width // 2))
-    return (*_COLUMNS, "shape_short", "shape_mean", "shape_var", "shape_learned",
+    return (*_COLUMNS, "shape_short", "shape_mean", "shape_var", "shape_learned", "view",
             *sequence, *kept)

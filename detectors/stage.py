@@ -37,7 +37,7 @@ import numpy as np
 from detectors.base import DetectorError
 from detectors.calendar import Calendar
 from detectors.counts import PoissonCounts
-from detectors.ensemble import DEV, LEVEL, Ensemble, EnsembleConfig
+from detectors.ensemble import DEV, LEVEL, VIEWS, Ensemble, EnsembleConfig
 from detectors.forest import SNAPSHOT_KEYS, ServiceForest
 from detectors.rules import DEFAULT_RULES, Rule, rule_for
 from detectors.seasonal import Seasonal
@@ -276,6 +276,7 @@ class DetectorStage:
         # window that scored highest (a surplus window may end on a minute without a sale).
         side = getattr(self.detectors[family], "side", None)
         sides = side(picked_slots) if side else None
+        reasons = self._reasons(family, picked_slots)
         for i in np.flatnonzero(scores >= self.threshold).tolist():
             row = int(picked[i])
             series = batch.series[int(batch.series_ix[row])]
@@ -288,10 +289,17 @@ class DetectorStage:
                 labels=dict(series.labels), score=float(scores[i]), observed=observed,
                 expected=expected, lower=lower, upper=upper, direction=direction,
                 detector=family,
-                explanation=(f"{family}: {series.signal} {direction} at {observed:g}, "
-                             f"expected {expected:g} ({lower:g}..{upper:g})"),
+                explanation=(f"{family}{reasons[i]}: {series.signal} {direction} at "
+                             f"{observed:g}, expected {expected:g} ({lower:g}..{upper:g})"),
             ))
         return out
+
+    def _reasons(self, family: str, slots: np.ndarray) -> list[str]:
+        """For the ensemble, which of its views decided each score and what that means."""
+        if family != "ensemble":
+            return [""] * len(slots)
+        views = self.ensemble.deciding_view(slots)
+        return [f" ({view}: {VIEWS[view]})" for view in views]
 
 
     def _rule_verdicts(self, family: str, batch: SampleBatch, picked: np.ndarray,

@@ -33,6 +33,22 @@ def test_a_spike_after_warm_up_becomes_an_upward_anomaly():
     assert spike[0].observed > spike[0].upper
 
 
+def test_an_ensemble_anomaly_names_the_view_that_decided_it():
+    rng = np.random.default_rng(4)
+    builder = BatchBuilder()
+    latency = 0.02 + rng.normal(0, 0.001, 2000)
+    latency[1900] = 0.5  # far beyond any latency the instance has shown
+    for step, value in enumerate(latency.tolist()):
+        builder.add(1.7e9 + 60.0 * step, "redis.latency_seconds", {"service": "redis"}, value)
+
+    anomalies = DetectorStage().process(builder.build())
+
+    spike = [a for a in anomalies if a.ts == 1.7e9 + 60.0 * 1900]
+    assert spike and spike[0].detector == "ensemble"
+    assert spike[0].explanation.startswith(
+        "ensemble (novelty: beyond the range the series has shown): redis.latency_seconds up")
+
+
 def test_a_restored_stage_raises_no_warm_up_alarm(tmp_path):
     rng = np.random.default_rng(2)
     values = 50 + rng.normal(0, 1, 600)
@@ -67,7 +83,9 @@ def test_a_normal_simulated_estate_raises_few_kpi_anomalies_and_names_the_detect
                                                 "threshold", "burn_rate"}
     # A normal estate breaks no limit: every backup, replica and certificate is in order.
     assert not [a for a in anomalies if a.detector in ("threshold", "burn_rate")]
-    assert all(a.explanation.startswith(a.detector + ":") for a in anomalies)
+    assert all(a.explanation.startswith(a.detector) for a in anomalies)
+    ensemble = [a.explanation for a in anomalies if a.detector == "ensemble"]
+    assert ensemble and all(e.startswith("ensemble (") for e in ensemble)
 
 
 def rule_batch(signal: str, labels: dict, values, start: int = 0, every: float = 60.0):

@@ -135,3 +135,30 @@ def test_the_shape_view_adds_no_alarm_to_ordinary_saws():
     without = _scores(EnsembleConfig(shape_decades=1e6), ts, value) >= 0.47
 
     assert not (alarms & ~without).any()
+
+
+def _deciding_views(ts: np.ndarray, value: np.ndarray) -> list[str]:
+    """The view that decided each sample's score."""
+    ensemble = Ensemble(1)
+    slot = np.zeros(1, dtype=np.int64)
+    views = []
+    for i in range(len(ts)):
+        ensemble.step(slot, ts[i : i + 1], value[i : i + 1])
+        views += ensemble.deciding_view(slot)
+    return views
+
+
+def test_each_alarm_names_the_view_that_raised_it():
+    ts, value = _idle_key_with_blips(seed=13, last_blip=750)
+    stuck = 751 + 63 - 1
+    saw_ts, saws = _rising_saws(seed=15)
+    saws[1_200:1_260] = saws[1_200:1_260][::-1]
+    wave_ts, wave = _daily_wave(10, seed=7)
+    wave[8 * PER_DAY : 9 * PER_DAY] = 50.0
+
+    assert _deciding_views(ts, value)[stuck] == "repeat"
+    saw_alarms = np.flatnonzero(_scores(EnsembleConfig(), saw_ts, saws)[1_200:1_260] >= 0.47)
+    assert _deciding_views(saw_ts, saws)[1_200 + int(saw_alarms[0])] == "shape"
+    wave_alarms = np.flatnonzero(_scores(EnsembleConfig(), wave_ts, wave) >= 0.47)
+    flat_alarm = wave_alarms[wave_alarms >= 8 * PER_DAY][0]
+    assert _deciding_views(wave_ts, wave)[int(flat_alarm)] == "phase"

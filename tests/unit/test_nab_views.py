@@ -162,3 +162,23 @@ def test_each_alarm_names_the_view_that_raised_it():
     wave_alarms = np.flatnonzero(_scores(EnsembleConfig(), wave_ts, wave) >= 0.47)
     flat_alarm = wave_alarms[wave_alarms >= 8 * PER_DAY][0]
     assert _deciding_views(wave_ts, wave)[int(flat_alarm)] == "phase"
+
+
+def test_the_shape_reservoir_survives_a_snapshot(tmp_path):
+    # The reservoir is float32 pairs packed into the float64 table: saving and loading
+    # must keep their bits, or the restored view would judge against garbage.
+    ts, value = _rising_saws(seed=17)
+    value[1_300:1_360] = value[1_300:1_360][::-1]
+    running, slot = Ensemble(1), np.zeros(1, dtype=np.int64)
+    for i in range(1_000):
+        running.step(slot, ts[i : i + 1], value[i : i + 1])
+    running.save(tmp_path / "ensemble.npy")
+    restored = Ensemble(1)
+    restored.load(tmp_path / "ensemble.npy")
+
+    after = [(running.step(slot, ts[i : i + 1], value[i : i + 1])[0],
+              restored.step(slot, ts[i : i + 1], value[i : i + 1])[0])
+             for i in range(1_000, len(ts))]
+
+    assert [a for a, _ in after] == [b for _, b in after]
+    assert max(a for a, _ in after) >= 0.47  # the falling saws are still found

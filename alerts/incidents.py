@@ -9,7 +9,8 @@ seen no anomaly for ``quiet_period`` seconds. A finding (one anomalous series) s
 shrinks as KPIs recover even before it resolves.
 
 Anomalies of a *state* detector (a rule: threshold, burn rate) report a condition that
-holds, on every sample, for as long as it holds: a stale backup fires for a day. Such a
+holds, at its onset and then every two minutes for as long as it holds (well inside
+``window``): a stale backup fires for a day. Such a
 finding keeps its incident open and itself active, but it is fresh evidence only at its
 onset. A new series joins an incident through a related finding with fresh evidence
 within ``window``, or through a condition still holding that it depends on (errors
@@ -44,7 +45,7 @@ from tillwatch.errors import ConfigError
 
 EventKind = Literal["opened", "updated", "resolved"]
 
-# Detectors whose anomalies report a condition holding (every sample while a rule fires),
+# Detectors whose anomalies report a condition holding (a rule, reminding while it fires),
 # not a fresh surprise each time; shell-style patterns on ``Anomaly.detector``.
 STATE_DETECTORS: tuple[str, ...] = ("threshold", "burn_rate")
 

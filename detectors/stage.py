@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 BAND_WIDTH = 4.0  # deviations either side of the expected value
 FAMILIES = ("ensemble", "seasonal", "counts", "revenue")
+# Seconds between reports of a rule that keeps firing: well inside the incidents' window
+# (300 s) even when samples come a few minutes apart.
+RULE_REMINDER = 120.0
 SEASONAL_FAMILIES = ("seasonal", "counts", "revenue")
 
 
@@ -74,12 +77,19 @@ class DetectorStage:
         rules: rules for signals with known limits (:data:`DEFAULT_RULES` when
             omitted; pass ``()`` for none).
         multivariate: also judge each service's series jointly with an IsolationForest.
+        rule_reminder: seconds between two anomalies of a rule that keeps firing: it is
+            reported at onset, then at this pace while it holds, which keeps its finding
+            active in its incident (the incidents' window is 300 s) without a row per
+            sample.
     """
 
     def __init__(self, *, threshold: float = 0.5, config: EnsembleConfig | None = None,
                  calendar: Calendar | None = None, utc_offset_hours: float = 0.0,
-                 rules: Sequence[Rule] | None = None, multivariate: bool = False) -> None:
-        self.threshold = threshold
+                 rules: Sequence[Rule] | None = None, multivariate: bool = False,
+                 rule_reminder: float = RULE_REMINDER) -> None:
+        self.threshold, self.rule_reminder = threshold, rule_reminder
+        # Time of the last anomaly reported per (rule family, slot) while it fires.
+        self._reported: dict[tuple[str, int], float] = {}
         self.rules = tuple(DEFAULT_RULES if rules is None else rules)
         self.multivariate = multivariate
         self.calendar = calendar or Calendar()
@@ -308,7 +318,7 @@ class DetectorStage:
         """Anomalies of a firing rule, explained by the rule and its limit."""
         rule, detector = self.rules[int(family[4:])], self.detectors[family]
         out = []
-        for i in np.flatnonzero(scores >= self.threshold).tolist():
+        for i in self._rule_reports(family, batch, picked, picked_slots, scores):
             row = int(picked[i])
             series = batch.series[int(batch.series_ix[row])]
             expected, lower, upper = (float(v) for v in bands[i])
@@ -322,6 +332,23 @@ class DetectorStage:
                                          int(picked_slots[i])),
             ))
         return out
+
+    def _rule_reports(self, family: str, batch: SampleBatch, picked: np.ndarray,
+                      picked_slots: np.ndarray, scores: np.ndarray) -> list[int]:
+        """Which firing samples to report: a run's onset, then one per ``rule_reminder``."""
+        reports = []
+        for i, (row, slot) in enumerate(zip(picked.tolist(), picked_slots.tolist(),
+                                            strict=True)):
+            key, ts = (family, int(slot)), float(batch.ts[row])
+            if scores[i] < self.threshold:
+                self._reported.pop(key, None)  # cleared: the next firing is an onset
+                continue
+
+            last = self._reported.get(key)
+            if last is None or ts - last >= self.rule_reminder:
+                self._reported[key] = ts
+                reports.append(i)
+        return reports
 
     def _process_forests(self, batch: SampleBatch) -> list[Anomaly]:
         """Judge each service's series jointly, one row per timestamp of the batch."""

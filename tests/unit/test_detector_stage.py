@@ -115,6 +115,19 @@ def test_a_stale_backup_fires_the_built_in_rule_after_ten_minutes_naming_the_lim
     assert full == []
 
 
+def test_a_rule_that_keeps_firing_reports_its_onset_then_reminds():
+    lag = "postgres.replication_lag_seconds"
+    labels = {"service": "postgres", "replica": "replica-1"}
+    # Past the 300 s limit for 30 minutes, back under it for 10, then past it again.
+    lags = [600.0] * 30 + [10.0] * 10 + [600.0] * 15
+    anomalies = DetectorStage().process(rule_batch(lag, labels, lags))
+
+    minutes = [round((a.ts - 1.7e9) / 60.0) for a in anomalies]
+    # The limit needs 5 minutes (at 0..5); reminders every 2 minutes while it holds; the
+    # second run fires as an onset of its own 5 minutes after it starts (at 40..45).
+    assert minutes == [5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 45, 47, 49, 51, 53]
+
+
 def test_a_burning_error_ratio_fires_the_burn_rate_rule_with_its_windows():
     ratios = [0.0] * 60 + [0.05] * 30
     labels = {"service": "odoo", "router": "webshop"}

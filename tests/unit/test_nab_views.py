@@ -137,6 +137,40 @@ def test_the_shape_view_adds_no_alarm_to_ordinary_saws():
     assert not (alarms & ~without).any()
 
 
+def _slow_slide(seed: int, slides: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Noise around 60 that slides to 57 over 300 samples from sample 1,500, after two
+    early excursions (50 and 70) that put the slide inside the range already shown."""
+    rng = np.random.default_rng(seed)
+    ts = START + STEP * np.arange(2_400)
+    level = np.full(len(ts), 60.0)
+    if slides:
+        level[1_500:1_800] = np.linspace(60, 57, 300)
+        level[1_800:] = 57
+    value = level + rng.normal(0, 1, len(ts))
+    value[[300, 600]] = [50, 70]
+    return ts, value
+
+
+def test_a_slow_slide_inside_the_range_is_found_first_by_the_drift_view():
+    ts, value = _slow_slide(seed=19)
+
+    scores = _scores(EnsembleConfig(), ts, value)
+    without = _scores(EnsembleConfig(drift_decades=1e6), ts, value)
+
+    first = 1_500 + int(np.flatnonzero(scores[1_500:] >= 0.47)[0])
+    assert first < 1_700  # two thirds of the way down the slide
+    assert without[1_500:1_700].max() < 0.47  # the level view has followed it all along
+    assert _deciding_views(ts, value)[first] == "drift"
+
+
+def test_a_level_that_stays_put_raises_no_drift_alarm():
+    ts, value = _slow_slide(seed=20, slides=False)
+
+    scores = _scores(EnsembleConfig(), ts, value)
+
+    assert scores[1_000:].max() < 0.47
+
+
 def _deciding_views(ts: np.ndarray, value: np.ndarray) -> list[str]:
     """The view that decided each sample's score."""
     ensemble = Ensemble(1)

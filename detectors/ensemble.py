@@ -314,13 +314,10 @@ class Ensemble(TableDetector):
         level = rows[:, LEVEL]
         slow = np.where(np.isnan(rows[:, DRIFT_LEVEL]), level, rows[:, DRIFT_LEVEL])
         distance = np.minimum(np.abs(level - slow) / self._scale(rows), cfg.z_cap)
-        gap = distance - rows[:, DRIFT_MEAN]
-        log_p = log_ndtr(-gap / (np.sqrt(rows[:, DRIFT_VAR]) + 1e-3))
-
         young = 1.0 / (rows[:, 0] + 1.0)
         law_rate = np.maximum(cfg.long, young)
-        rows[:, DRIFT_MEAN] += law_rate * gap
-        rows[:, DRIFT_VAR] += law_rate * (gap * gap - rows[:, DRIFT_VAR])
+        log_p = _judge_by_law(rows, distance, (DRIFT_MEAN, DRIFT_VAR), law_rate)
+
         rows[:, DRIFT_LEVEL] = slow + np.maximum(cfg.drift_slow, young) * (level - slow)
         speaks = rows[:, 0] >= cfg.drift_after
         return np.where(speaks, np.minimum(log_p + cfg.drift_decades * LN10, 0.0), 0.0)
@@ -360,12 +357,8 @@ class Ensemble(TableDetector):
         """Average the strangeness, judge it by its long-run law, then teach the law."""
         cfg = self.config
         rows[:, SHAPE_SHORT] += full * cfg.shape_short * (strangeness - rows[:, SHAPE_SHORT])
-        gap = rows[:, SHAPE_SHORT] - rows[:, SHAPE_MEAN]
-        log_p = log_ndtr(-gap / (np.sqrt(rows[:, SHAPE_VAR]) + 1e-3))
-
         rate = full * np.maximum(cfg.shape_long, 1.0 / (rows[:, SHAPE_LEARNED] + 1.0))
-        rows[:, SHAPE_MEAN] += rate * gap
-        rows[:, SHAPE_VAR] += rate * (gap * gap - rows[:, SHAPE_VAR])
+        log_p = _judge_by_law(rows, rows[:, SHAPE_SHORT], (SHAPE_MEAN, SHAPE_VAR), rate)
         rows[:, SHAPE_LEARNED] += full
         return log_p
 
@@ -386,13 +379,8 @@ class Ensemble(TableDetector):
         """
         cfg = self.config
         rows[:, PHASE_SHORT] += cfg.phase_short * (z - rows[:, PHASE_SHORT])
-        gap = rows[:, PHASE_SHORT] - rows[:, PHASE_MEAN]
-        log_p = log_ndtr(-gap / (np.sqrt(rows[:, PHASE_VAR]) + 1e-3))
-
         rate = np.where(speaks, cfg.long, max(cfg.long, PHASE_YOUNG_RATE))
-        rows[:, PHASE_MEAN] += rate * gap
-        rows[:, PHASE_VAR] += rate * (gap * gap - rows[:, PHASE_VAR])
-        return log_p
+        return _judge_by_law(rows, rows[:, PHASE_SHORT], (PHASE_MEAN, PHASE_VAR), rate)
 
     def _hold(self, rows: np.ndarray, score: np.ndarray, surprise: np.ndarray) -> np.ndarray:
         """Damp scores for a while after one fired, so one event reports once.
@@ -437,6 +425,20 @@ class Ensemble(TableDetector):
         span = rows[:, HIGH] - rows[:, LOW]
         span = np.where(np.isfinite(span), span, 0.0)
         return 1e-3 * span + 1e-9 * np.abs(rows[:, LEVEL]) + 1e-12
+
+
+def _judge_by_law(rows: np.ndarray, observed: np.ndarray, law: tuple[int, int],
+                  rate: np.ndarray | float) -> np.ndarray:
+    """Log tail probability of ``observed`` under a running normal law, which then learns it.
+
+    ``law`` names the columns of the law's mean and variance.
+    """
+    mean, variance = law
+    gap = observed - rows[:, mean]
+    log_p = log_ndtr(-gap / (np.sqrt(rows[:, variance]) + 1e-3))
+    rows[:, mean] += rate * gap
+    rows[:, variance] += rate * (gap * gap - rows[:, variance])
+    return log_p
 
 
 def _shape_columns(config: EnsembleConfig) -> tuple[str, ...]:

@@ -101,7 +101,8 @@ class EnsembleConfig:
             level with.
         drift_after: samples before the drift view speaks.
         drift_decades: extra decades of surprise the drift view needs; below 0 it counts
-            for more than its law says (NAB: -0.5 is the middle of a plateau, 0 its edge).
+            for more than its law says (NAB: -0.5 is the middle of the plateau measured,
+            0 and -1 its edges).
     """
 
     fast: float = 0.01
@@ -442,8 +443,8 @@ def _judge_by_law(rows: np.ndarray, observed: np.ndarray, law: tuple[int, int],
 
 
 def _shape_columns(config: EnsembleConfig) -> tuple[str, ...]:
-    """The ensemble's columns: the fixed ones, the deciding view, then the shape view's
-    sequence and reservoir (their width depends on the configuration)."""
+    """The ensemble's columns: the fixed ones, the deciding view, the drift view's, then
+    the shape view's sequence and reservoir (their width depends on the configuration)."""
     sequence = tuple(f"shape_sequence_{i}" for i in range(config.shape_width))
     if config.shape_kept * config.shape_width % 2:
         raise ValueError("shape_kept x shape_width must be even: float32 values go in pairs")

@@ -150,6 +150,7 @@ class DetectorStage:
             slots = self._slots[family]
             arrays[f"{family}_ids"] = np.fromiter(slots, dtype=np.uint64, count=len(slots))
             arrays[f"{family}_state"] = self.detectors[family].state
+            arrays[f"{family}_columns"] = np.array(self.detectors[family].columns, dtype=str)
         for i, rule in enumerate(self.rules):
             arrays[f"rule{i}_rule"] = np.array([repr(rule)])
         arrays.update(self._forest_arrays())
@@ -167,9 +168,8 @@ class DetectorStage:
                     prefix = ""
                 elif not prefix:
                     continue
-                if not self._same_layout(family, saved[f"{prefix}state"]):
+                if not self._restore_table(family, saved, prefix):
                     continue
-                self.detectors[family].state = saved[f"{prefix}state"].copy()
                 self._slots[family] = {
                     int(i): slot for slot, i in enumerate(saved[f"{prefix}ids"].tolist())
                 }
@@ -206,14 +206,26 @@ class DetectorStage:
                 continue
             self._forests[service] = (known, forest)
 
-    def _same_layout(self, family: str, state: np.ndarray) -> bool:
-        """Whether a saved table has the family's columns; a snapshot from a version with
-        another layout is skipped (the family starts afresh) rather than misread."""
-        columns = len(self.detectors[family].columns)
-        if state.ndim == 2 and state.shape[1] == columns:
+    def _restore_table(self, family: str, saved: np.lib.npyio.NpzFile, prefix: str) -> bool:
+        """Load a family's saved table; False when it cannot be read (it starts afresh).
+
+        A table saved with its column names is matched by name, so a version that adds
+        a column keeps the rest; an older snapshot without names must have the same
+        number of columns, or it would be misread.
+        """
+        detector, state = self.detectors[family], saved[f"{prefix}state"]
+        if f"{prefix}columns" in saved:
+            fresh = detector.adopt(state, saved[f"{prefix}columns"].tolist())
+            if fresh:
+                log.info("detector snapshot: %s columns new in this version start afresh: %s",
+                         family, ", ".join(fresh))
+            if fresh is not None:
+                return True
+        elif state.ndim == 2 and state.shape[1] == len(detector.columns):
+            detector.state = state.copy()
             return True
         log.warning("detector snapshot: %s state has shape %s, expected %d columns; "
-                    "starting that family afresh", family, state.shape, columns)
+                    "starting that family afresh", family, state.shape, len(detector.columns))
         return False
 
     def _same_rule(self, family: str, saved: np.lib.npyio.NpzFile) -> bool:

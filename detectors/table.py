@@ -7,6 +7,7 @@ their scores. Warm-up, missing and out-of-order samples, growth and snapshots li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,31 @@ class TableDetector:
                 f"columns, found shape {table.shape}; delete the snapshot to rebuild state"
             )
         self.state = table
+
+    def adopt(self, table: np.ndarray, columns: Sequence[str]) -> tuple[str, ...] | None:
+        """Take a saved table whose columns are named, matching them by name.
+
+        A newer version may add columns, which start at their initial value as for a new
+        series, or drop some, whose values are left behind: an upgrade keeps what each
+        series has learned instead of warming up again. A column whose meaning changes
+        must therefore change its name.
+
+        Returns:
+            The columns that started afresh, or None when the table lacks the sample
+            count and time every row needs (nothing was taken).
+        """
+        saved = {name: i for i, name in enumerate(columns)}
+        if table.ndim != 2 or len(columns) != table.shape[1] or not {
+                self.columns[SEEN], self.columns[LAST_TS]} <= saved.keys():
+            return None
+        rows = np.zeros((len(table), len(self.columns)))
+        rows[:, LAST_TS] = -np.inf
+        self._initial_rows(rows)
+
+        shared = [i for i, name in enumerate(self.columns) if name in saved]
+        rows[:, shared] = table[:, [saved[self.columns[i]] for i in shared]]
+        self.state = rows
+        return tuple(name for name in self.columns if name not in saved)
 
     def _initial_rows(self, rows: np.ndarray) -> None:
         """Set the starting values of new rows (subclasses override)."""

@@ -160,6 +160,31 @@ def test_a_step_with_a_repeated_series_is_refused(make):
         detector.step(np.array([1, 1]), np.array([1.0, 2.0]), np.array([1.0, 2.0]))
 
 
+def test_a_table_adopted_by_column_name_resumes_as_the_running_detector(make):
+    ts, value = noisy_stream(300, seed=10)
+    detector = make(1)
+    run(detector, ts[:200], value[:200])
+    # The table as another version might have written it: columns in reverse order, and
+    # one this version does not know.
+    names = (*reversed(detector.columns), "retired_column")
+    table = np.column_stack([detector.state[:, ::-1], np.full(1, 7.0)])
+
+    restored = make(1)
+    fresh = restored.adopt(table, names)
+
+    assert fresh == ()
+    np.testing.assert_array_equal(run(restored, ts[200:], value[200:]),
+                                  run(detector, ts[200:], value[200:]))
+
+
+def test_a_table_without_sample_counts_is_not_adopted(make):
+    detector = make(1)
+    before = detector.state.copy()
+
+    assert detector.adopt(np.ones((1, 2)), ("level", "dev")) is None
+    np.testing.assert_array_equal(detector.state, before)
+
+
 def test_snapshot_round_trip_resumes_without_warm_up(make, tmp_path):
     ts, value = noisy_stream(300, seed=9)
     detector = make(1)

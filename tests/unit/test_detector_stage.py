@@ -225,7 +225,9 @@ def test_a_snapshot_of_another_layout_starts_that_family_afresh(tmp_path):
     stage.snapshot(tmp_path / "stage.npz")
     with np.load(tmp_path / "stage.npz") as saved:
         arrays = dict(saved)
-    arrays["counts_state"] = arrays["counts_state"][:, :-1]  # a table one column short
+    # A snapshot from before column names were saved, its table one column short.
+    arrays["counts_state"] = arrays["counts_state"][:, :-1]
+    del arrays["counts_columns"]
     np.savez(tmp_path / "old.npz", **arrays)
 
     restored = DetectorStage()
@@ -233,6 +235,36 @@ def test_a_snapshot_of_another_layout_starts_that_family_afresh(tmp_path):
 
     assert restored._slots["counts"] == {}
     assert len(restored._slots["ensemble"]) == 1
+
+
+def test_an_upgrade_that_adds_columns_keeps_what_each_series_learned(tmp_path, caplog):
+    rng = np.random.default_rng(8)
+    values = 50 + rng.normal(0, 1, 600)
+    stage = DetectorStage()
+    stage.process(batch_of(values[:400]))
+    stage.snapshot(tmp_path / "stage.npz")
+    with np.load(tmp_path / "stage.npz") as saved:
+        arrays = dict(saved)
+    # The snapshot an older version wrote: the ensemble had no drift view then.
+    names = arrays["ensemble_columns"].tolist()
+    kept = [i for i, name in enumerate(names) if not name.startswith("drift_")]
+    arrays["ensemble_state"] = arrays["ensemble_state"][:, kept]
+    arrays["ensemble_columns"] = arrays["ensemble_columns"][kept]
+    np.savez(tmp_path / "old.npz", **arrays)
+
+    restored = DetectorStage()
+    with caplog.at_level("INFO", logger="detectors.stage"):
+        restored.restore(tmp_path / "old.npz")
+
+    columns = restored.ensemble.columns
+    shared = [columns.index(names[i]) for i in kept]
+    np.testing.assert_array_equal(restored.ensemble.state[:, shared],
+                                  stage.ensemble.state[:, shared])
+    assert restored.ensemble.state[0, columns.index("seen")] == 400  # no second warm-up
+    assert np.isnan(restored.ensemble.state[0, columns.index("drift_level")])
+    assert "drift_level, drift_mean, drift_var" in caplog.text
+    after = batch_of(values[400:], start=400)
+    assert restored.process(after) == stage.process(after) == []
 
 
 def odoo_batches(rate: np.ndarray, latency: np.ndarray, start: int = 0

@@ -123,8 +123,9 @@ class TableDetector:
         must therefore change its name.
 
         Returns:
-            The columns that started afresh, or None when the table lacks the sample
-            count and time every row needs (nothing was taken).
+            The columns that started afresh, or None (nothing taken) when the names do
+            not match the table's width or lack the sample count and time every row
+            needs.
         """
         saved = {name: i for i, name in enumerate(columns)}
         if table.ndim != 2 or len(columns) != table.shape[1] or not {

@@ -237,11 +237,21 @@ def test_a_snapshot_of_another_layout_starts_that_family_afresh(tmp_path):
     assert len(restored._slots["ensemble"]) == 1
 
 
+def latency_batch(latency: np.ndarray, start: int = 0) -> SampleBatch:
+    """One-minute samples of one Redis instance's latency (an ensemble series)."""
+    builder = BatchBuilder()
+    for step, value in enumerate(latency.tolist()):
+        builder.add(1.7e9 + 60.0 * (start + step), "redis.latency_seconds",
+                    {"service": "redis"}, value)
+    return builder.build()
+
+
 def test_an_upgrade_that_adds_columns_keeps_what_each_series_learned(tmp_path, caplog):
     rng = np.random.default_rng(8)
-    values = 50 + rng.normal(0, 1, 600)
+    latency = 0.02 + rng.normal(0, 0.001, 600)
+    latency[410] = 0.5  # ten samples after the restart: inside a second warm-up, if any
     stage = DetectorStage()
-    stage.process(batch_of(values[:400]))
+    stage.process(latency_batch(latency[:400]))
     stage.snapshot(tmp_path / "stage.npz")
     with np.load(tmp_path / "stage.npz") as saved:
         arrays = dict(saved)
@@ -263,8 +273,10 @@ def test_an_upgrade_that_adds_columns_keeps_what_each_series_learned(tmp_path, c
     assert restored.ensemble.state[0, columns.index("seen")] == 400  # no second warm-up
     assert np.isnan(restored.ensemble.state[0, columns.index("drift_level")])
     assert "drift_level, drift_mean, drift_var" in caplog.text
-    after = batch_of(values[400:], start=400)
-    assert restored.process(after) == stage.process(after) == []
+    after = latency_batch(latency[400:], start=400)
+    found = restored.process(after)
+    assert found == stage.process(after)
+    assert [a.ts for a in found] == [1.7e9 + 60.0 * 410]  # a fresh start would be neutral
 
 
 def odoo_batches(rate: np.ndarray, latency: np.ndarray, start: int = 0

@@ -66,12 +66,14 @@ HARMFUL_DIRECTIONS: tuple[tuple[str, Direction], ...] = (
 # Named conditions: (signal pattern, direction) pairs any one of which makes it true.
 # Signal names are those the collectors in collectors/ declare.
 CONDITIONS: Mapping[str, tuple[tuple[str, Direction], ...]] = {
+    # A replica gone, or behind past the lag limit (the lag-seconds signals are judged by
+    # the threshold rules of detectors/rules.py). Byte lag has no limit: an anomaly in it
+    # is a replica falling behind for a while, not replication lost, so it is left out.
     "replication_broken": (
         ("postgres.replica_connected", "down"),
         ("postgres.replicas_connected", "down"),
         ("postgres.wal_receiver_streaming", "down"),
         ("postgres.replica_lag_seconds", "up"),
-        ("postgres.replica_lag_bytes", "up"),
         ("postgres.replication_lag_seconds", "up"),
     ),
     "backup_stale": (

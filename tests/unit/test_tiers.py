@@ -101,6 +101,14 @@ def test_disconnected_replica_and_failing_backup_is_a_page() -> None:
     assert decide(gone, failing) == ("page", "DataAtRisk")
 
 
+def test_byte_lag_wobble_beside_a_stale_backup_is_a_ticket() -> None:
+    # Seen in the demo: an 82 kB lag blip joined a stale-backup incident and paged it.
+    behind = anomaly(0, "postgres.replica_lag_bytes", "up", 82_519.0, 10_954.0)
+    stale = anomaly(30, "backup.stale", "up", 1.0, 0.0, {"service": "backup"})
+
+    assert decide(behind, stale) == ("ticket", "ControlFailing")
+
+
 def test_capacity_trend_is_info() -> None:
     filling = anomaly(0, "postgres.disk_free_bytes", "down", 5e9, 4e10, detector="trend")
 

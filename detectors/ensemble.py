@@ -6,7 +6,6 @@ Views, each a tail probability (small means surprising):
   running deviation, tempered (a power below 1, for heavy tails), averaged over a short
   horizon and compared with the long-run distribution of that average (a likelihood in
   the spirit of Numenta's);
-- *point*: the same robust distance for the sample alone, so a lone spike counts;
 - *novelty*: how far the sample leaves the range the series has ever shown;
 - *phase*: how far the sample sits from what the series usually shows at this hour of
   the day (a robust level and deviation per UTC hour), averaged over a short horizon and
@@ -67,8 +66,6 @@ class EnsembleConfig:
         level_power: the level view averages surprise raised to this power: heavy-tailed
             series (bursty counts) make bursts of large surprise that a normal law over
             the plain average overrates.
-        point: robust units per standard normal unit for the single-sample view, so a
-            lone spike is judged on its own and not only through the short average.
         decades: decades of surprise that map to score 1.
         fire: score from which the hold starts.
         hold: samples during which scores are damped after firing.
@@ -113,7 +110,6 @@ class EnsembleConfig:
     novelty_scale: float = 0.001
     forget: float = 0.0
     level_power: float = 0.75
-    point: float = 8.0
     decades: float = 10.0
     fire: float = 0.47
     hold: int = 100
@@ -162,7 +158,6 @@ SHAPE_SEQUENCE = VIEW + 4  # the last shape_width samples, oldest first
 VIEWS = {
     "level": "a sustained shift from the running level",
     "novelty": "beyond the range the series has shown",
-    "point": "one sample far from the running level",
     "phase": "unlike this hour of the day",
     "repeat": "one value repeated longer than ever before",
     "shape": "the last samples unlike any recent sequence",
@@ -212,7 +207,7 @@ class Ensemble(TableDetector):
         z = np.minimum(np.abs(value - rows[:, LEVEL]) / self._scale(rows), self.config.z_cap)
         views = np.stack([
             self._level_log_p(rows, z), self._novelty_log_p(rows, value),
-            log_ndtr(-z / self.config.point), self._phase_log_p(rows, ts, value),
+            self._phase_log_p(rows, ts, value),
             self._repeat_log_p(rows, value), shape_log_p, self._drift_log_p(rows),
         ])
         rows[:, VIEW] = np.argmin(views, axis=0)

@@ -298,8 +298,12 @@ class DetectorStage:
         # window that scored highest (a surplus window may end on a minute without a sale).
         side = getattr(self.detectors[family], "side", None)
         sides = side(picked_slots) if side else None
-        reasons = self._reasons(family, picked_slots)
-        for i in np.flatnonzero(scores >= self.threshold).tolist():
+        # Only the anomalous slots: each of them has just been scored, so its deciding
+        # view is this sample's (a late sample's slot may still hold a restored, older one).
+        hits = np.flatnonzero(scores >= self.threshold)
+        reasons = dict(zip(hits.tolist(), self._reasons(family, picked_slots[hits]),
+                           strict=True))
+        for i in hits.tolist():
             row = int(picked[i])
             series = batch.series[int(batch.series_ix[row])]
             expected, lower, upper = (float(v) for v in bands[i])

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from detectors.ensemble import VIEW, VIEWS
 from detectors.stage import DetectorStage
 from tillwatch.anomaly import Anomaly
 from tillwatch.sample import BatchBuilder, SampleBatch
@@ -235,6 +236,32 @@ def test_a_snapshot_of_another_layout_starts_that_family_afresh(tmp_path):
 
     assert restored._slots["counts"] == {}
     assert len(restored._slots["ensemble"]) == 1
+
+
+def test_a_late_sample_beside_an_anomaly_after_an_upgrade_that_dropped_a_view(tmp_path):
+    rng = np.random.default_rng(5)
+    builder = BatchBuilder()
+    for step in range(300):
+        ts = 1.7e9 + 60.0 * step
+        builder.add(ts, "redis.latency_seconds", {"service": "redis"},
+                    0.02 + rng.normal(0, 1e-3))
+        builder.add(ts, "traefik.latency_p95_seconds", {"service": "odoo"},
+                    0.2 + rng.normal(0, 1e-2))
+    stage = DetectorStage()
+    stage.process(builder.build())
+    stage.snapshot(tmp_path / "stage.npz")
+    restored = DetectorStage()
+    restored.restore(tmp_path / "stage.npz")
+    # Written when the ensemble had one view more: the last one's index is now past the end.
+    restored.ensemble.state[:, VIEW] = len(VIEWS)
+
+    builder = BatchBuilder()
+    builder.add(1.7e9 + 60.0 * 300, "redis.latency_seconds", {"service": "redis"}, 0.5)
+    builder.add(1.7e9, "traefik.latency_p95_seconds", {"service": "odoo"}, 0.2)  # late
+    anomalies = restored.process(builder.build())
+
+    assert [a.signal for a in anomalies] == ["redis.latency_seconds"]
+    assert anomalies[0].explanation.startswith("ensemble (novelty: ")
 
 
 def latency_batch(latency: np.ndarray, start: int = 0) -> SampleBatch:

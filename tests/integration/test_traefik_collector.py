@@ -205,14 +205,15 @@ def test_access_log_gives_exact_path_quantiles(traefik, backend):
     assert value(batch, "traefik.path_requests_per_second", **path) == 2.0
     # Exact: the quantiles of the durations Traefik logged for the 20 checkout requests of
     # the interval, the query string's included and the cart's left out. The backend's
-    # delays bound them from below; a busy machine stretches them, so no upper bound.
+    # delays bound them from below. A busy machine stretches single requests (one 0.4 s
+    # request took 0.93 s in CI), so only the median, of 18 fast requests, keeps a ceiling.
     logged = _checkout_durations(traefik.access_log)[logged_before:]
     assert len(logged) == 20 and sum(d >= 0.4 for d in logged) >= 2
     p50, p95, p99 = np.quantile(logged, [0.5, 0.95, 0.99])
     assert value(batch, "traefik.path_latency_p50_seconds", **path) == pytest.approx(p50)
     assert value(batch, "traefik.path_latency_p95_seconds", **path) == pytest.approx(p95)
     assert value(batch, "traefik.path_latency_p99_seconds", **path) == pytest.approx(p99)
-    assert 0.05 <= p50 < 0.4 <= p95 <= p99
+    assert 0.05 <= p50 < 0.2 and 0.4 <= p95 <= p99
 
 
 def _checkout_lines(path: Path) -> int:

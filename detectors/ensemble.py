@@ -33,8 +33,11 @@ The smallest probability (Bonferroni-corrected for the graded views) becomes the
 decades of surprise over :attr:`EnsembleConfig.decades`, capped at 1. After a score reaches
 :attr:`EnsembleConfig.fire`, scores are damped for :attr:`EnsembleConfig.hold` samples, or
 :attr:`EnsembleConfig.hold_share` of the samples the series has seen if that is longer, so
-one event is reported once, unless a sample is :attr:`EnsembleConfig.hold_break` times more
-surprising than score 1 asks for: that is a new event, not the tail of the held one.
+one event is reported once. A point view (novelty, repeat) judges the sample alone, so its
+alarm inside a hold that another view started is a new fault (a level alarm, then a value
+below any seen; a spike, then a counter stuck) and passes; the averaging views keep echoing
+a strong sample for a while and stay held. A sample :attr:`EnsembleConfig.hold_break` times
+more surprising than score 1 asks for passes any hold: a new event, not the held one's tail.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ class EnsembleConfig:
             the plain average overrates.
         decades: decades of surprise that map to score 1.
         fire: score from which the hold starts.
-        hold: samples during which scores are damped after firing.
+        hold: samples during which scores are damped after firing (except a point view's
+            alarm in a hold another view started).
         hold_share: share of the series' history the hold lasts at least: an old series
             has shown how long its disturbances last (NAB: 5 % turned 18 repeat alarms
             on long tweet series into none; with the drift view, 3 %, so a holiday a
@@ -153,7 +157,8 @@ SHAPE_SHORT, SHAPE_MEAN, SHAPE_VAR, SHAPE_LEARNED = range(PHASE_DEV + PHASE_CELL
                                                           PHASE_DEV + PHASE_CELLS + 4)
 VIEW = SHAPE_LEARNED + 1  # index in VIEWS of the view that decided the latest score
 DRIFT_LEVEL, DRIFT_MEAN, DRIFT_VAR = range(VIEW + 1, VIEW + 4)
-SHAPE_SEQUENCE = VIEW + 4  # the last shape_width samples, oldest first
+HOLD_VIEW = VIEW + 4  # the view whose alarm started the hold (-1: not recorded)
+SHAPE_SEQUENCE = VIEW + 5  # the last shape_width samples, oldest first
 # The views, in the order ``_advance`` consults them, and what each one's surprise means.
 VIEWS = {
     "level": "a sustained shift from the running level",
@@ -163,6 +168,8 @@ VIEWS = {
     "shape": "the last samples unlike any recent sequence",
     "drift": "the level drifting from where it has been for hundreds of samples",
 }
+# Views that judge the sample alone, without averaging: they do not echo another view's event.
+POINT_VIEWS = np.array([list(VIEWS).index("novelty"), list(VIEWS).index("repeat")])
 # Views whose probability is graded (repeat is certain or silent): the Bonferroni factor.
 GRADED_VIEWS = len(VIEWS) - 1
 # Learning rate floor of the phase surprise law before the view speaks.
@@ -196,6 +203,7 @@ class Ensemble(TableDetector):
         rows[:, SHAPE_VAR] = 1.0
         rows[:, DRIFT_LEVEL] = np.nan
         rows[:, DRIFT_VAR] = 1.0
+        rows[:, HOLD_VIEW] = -1.0
         rows[:, SHAPE_SEQUENCE:self._kept_at] = np.nan  # no sequence seen or kept yet
         self._reservoir(rows)[...] = np.nan
 
@@ -381,14 +389,20 @@ class Ensemble(TableDetector):
     def _hold(self, rows: np.ndarray, score: np.ndarray, surprise: np.ndarray) -> np.ndarray:
         """Damp scores for a while after one fired, so one event reports once.
 
-        ``surprise`` is the score before capping at 1; far beyond 1 it breaks the hold.
+        ``surprise`` is the score before capping at 1; far beyond 1 it breaks the hold. A
+        point view's alarm passes a hold another view started; a hold restored from a
+        snapshot without its view (-1) holds every view.
         """
-        holding = (rows[:, HOLD] > 0) & (surprise < self.config.hold_break)
+        view, held_by = rows[:, VIEW], rows[:, HOLD_VIEW]
+        new_fault = np.isin(view, POINT_VIEWS) & (held_by >= 0) & (held_by != view)
+        holding = (rows[:, HOLD] > 0) & ~new_fault & (surprise < self.config.hold_break)
         score = np.where(holding, score * self.config.damp, score)
         rows[:, HOLD] = np.maximum(rows[:, HOLD] - 1, 0)
+
         fired = (score >= self.config.fire) & (rows[:, 0] >= self.warm_up)
         hold = np.maximum(self.config.hold, self.config.hold_share * rows[fired, 0])
         rows[fired, HOLD] = np.ceil(hold)
+        rows[fired, HOLD_VIEW] = rows[fired, VIEW]
         return score
 
     def _learn(self, rows: np.ndarray, value: np.ndarray) -> None:
@@ -438,11 +452,12 @@ def _judge_by_law(rows: np.ndarray, observed: np.ndarray, law: tuple[int, int],
 
 
 def _shape_columns(config: EnsembleConfig) -> tuple[str, ...]:
-    """The ensemble's columns: the fixed ones, the deciding view, the drift view's, then
-    the shape view's sequence and reservoir (their width depends on the configuration)."""
+    """The ensemble's columns: the fixed ones, the deciding view, the drift view's, the
+    held view, then the shape view's sequence and reservoir (their width depends on the
+    configuration)."""
     sequence = tuple(f"shape_sequence_{i}" for i in range(config.shape_width))
     if config.shape_kept * config.shape_width % 2:
         raise ValueError("shape_kept x shape_width must be even: float32 values go in pairs")
     kept = tuple(f"shape_kept_{j}" for j in range(config.shape_kept * config.shape_width // 2))
     return (*_COLUMNS, "shape_short", "shape_mean", "shape_var", "shape_learned", "view",
-            "drift_level", "drift_mean", "drift_var", *sequence, *kept)
+            "drift_level", "drift_mean", "drift_var", "hold_view", *sequence, *kept)

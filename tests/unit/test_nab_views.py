@@ -100,6 +100,19 @@ def test_a_value_stuck_far_longer_than_ever_before_is_found_by_the_repeat_view()
     assert without[751:1_000].max() < 0.47  # zero is this series' level: no other view sees it
 
 
+def test_a_stuck_counter_inside_the_hold_of_a_spike_is_reported_too():
+    ts, value = _idle_key_with_blips(seed=13, last_blip=750)
+    value[760] = 60.0  # a burst far beyond any blip: it fires and holds for 100 samples
+    passes = 761 + 63 - 1  # then zeros from 761 on, longer than any run before
+
+    scores = _scores(EnsembleConfig(), ts, value)
+    views = _deciding_views(ts, value)
+
+    assert scores[760] >= 0.47 and views[760] != "repeat"
+    assert scores[passes] == 1.0 and views[passes] == "repeat"  # another view, another fault
+    assert (scores[761:passes] >= 0.47).sum() == 0
+
+
 def test_runs_as_long_as_usual_raise_no_repeat_alarm():
     ts, value = _idle_key_with_blips(seed=14, last_blip=1_000)
 

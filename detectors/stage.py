@@ -71,7 +71,8 @@ class DetectorStage:
 
     Args:
         threshold: score from which a sample becomes an anomaly.
-        config: ensemble tuning (the NAB-measured default when omitted).
+        config: ensemble tuning; when omitted, the NAB-measured default with its hold
+            starting at ``threshold`` (a hold follows a reported anomaly).
         calendar: trading hours and calendar events masking business KPIs.
         utc_offset_hours: local time of the shops, for the seasonal profiles' hours.
         rules: rules for signals with known limits (:data:`DEFAULT_RULES` when
@@ -93,7 +94,7 @@ class DetectorStage:
         self.rules = tuple(DEFAULT_RULES if rules is None else rules)
         self.multivariate = multivariate
         self.calendar = calendar or Calendar()
-        self.ensemble = Ensemble(0, config)
+        self.ensemble = Ensemble(0, config or EnsembleConfig(fire=threshold))
         self.detectors: dict[str, TableDetector] = {
             "ensemble": self.ensemble,
             "seasonal": Seasonal(0, utc_offset_hours=utc_offset_hours),

@@ -273,6 +273,21 @@ def latency_batch(latency: np.ndarray, start: int = 0) -> SampleBatch:
     return builder.build()
 
 
+def test_a_score_below_the_threshold_holds_back_no_later_anomaly():
+    rng = np.random.default_rng(21)
+    latency = 0.02 + rng.normal(0, 0.001, 400)
+    high, span = latency[:300].max(), np.ptp(latency[:300])
+    latency[300] = high + 0.018 * span  # a little above anything seen: scores about 0.7
+    latency[330] = high + 0.12 * span  # well above it, inside a hold the first would start
+    late = 1.7e9 + 60.0 * 250  # after the holds of the new extremes of a young series
+
+    demanding = DetectorStage(threshold=0.9).process(latency_batch(latency))
+    default = DetectorStage(threshold=0.5).process(latency_batch(latency))
+
+    assert [a.ts for a in demanding if a.ts >= late] == [1.7e9 + 60.0 * 330]
+    assert [a.ts for a in default if a.ts >= late] == [1.7e9 + 60.0 * 300]  # one event
+
+
 def test_an_upgrade_that_adds_columns_keeps_what_each_series_learned(tmp_path, caplog):
     rng = np.random.default_rng(8)
     latency = 0.02 + rng.normal(0, 0.001, 600)

@@ -32,12 +32,13 @@ Views, each a tail probability (small means surprising):
 The smallest probability (Bonferroni-corrected for the graded views) becomes the score:
 decades of surprise over :attr:`EnsembleConfig.decades`, capped at 1. After a score reaches
 :attr:`EnsembleConfig.fire`, scores are damped for :attr:`EnsembleConfig.hold` samples, or
-:attr:`EnsembleConfig.hold_share` of the samples the series has seen if that is longer, so
-one event is reported once. A point view (novelty, repeat) judges the sample alone, so its
-alarm inside a hold that another view started is a new fault (a level alarm, then a value
-below any seen; a spike, then a counter stuck) and passes; the averaging views keep echoing
-a strong sample for a while and stay held. A sample :attr:`EnsembleConfig.hold_break` times
-more surprising than score 1 asks for passes any hold: a new event, not the held one's tail.
+:attr:`EnsembleConfig.hold_share` of the samples the series has seen if that is longer (up
+to :attr:`EnsembleConfig.hold_max`), so one event is reported once. A point view (novelty,
+repeat) judges the sample alone, so its alarm inside a hold that another view started is a
+new fault (a level alarm, then a value below any seen; a spike, then a counter stuck) and
+passes; the averaging views keep echoing a strong sample for a while and stay held. A
+sample :attr:`EnsembleConfig.hold_break` times more surprising than score 1 asks for passes
+any hold: a new event, not the held one's tail.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class EnsembleConfig:
             has shown how long its disturbances last (NAB: 5 % turned 18 repeat alarms
             on long tweet series into none; with the drift view, 3 %, so a holiday a
             week after another one is still reported).
+        hold_max: the longest hold, in samples. NAB's longest file (22,695 samples) holds
+            681 at most; a series scraped each minute for a year would otherwise hold
+            for eleven days after each alarm.
         damp: factor applied to scores during the hold.
         hold_break: multiples of :attr:`decades` of surprise that pass through a hold (NAB:
             a speed falling far below any speed seen, inside the hold of an earlier alarm).
@@ -121,6 +125,7 @@ class EnsembleConfig:
     fire: float = 0.5
     hold: int = 100
     hold_share: float = 0.03
+    hold_max: int = 720
     damp: float = 0.0
     hold_break: float = 10.0
     warm_up: int = 50
@@ -396,14 +401,15 @@ class Ensemble(TableDetector):
         point view's alarm passes a hold another view started; a hold restored from a
         snapshot without its view (-1) holds every view.
         """
+        cfg = self.config
         view, held_by = rows[:, VIEW], rows[:, HOLD_VIEW]
         new_fault = np.isin(view, POINT_VIEWS) & (held_by >= 0) & (held_by != view)
-        holding = (rows[:, HOLD] > 0) & ~new_fault & (surprise < self.config.hold_break)
-        score = np.where(holding, score * self.config.damp, score)
+        holding = (rows[:, HOLD] > 0) & ~new_fault & (surprise < cfg.hold_break)
+        score = np.where(holding, score * cfg.damp, score)
         rows[:, HOLD] = np.maximum(rows[:, HOLD] - 1, 0)
 
-        fired = (score >= self.config.fire) & (rows[:, 0] >= self.warm_up)
-        hold = np.maximum(self.config.hold, self.config.hold_share * rows[fired, 0])
+        fired = (score >= cfg.fire) & (rows[:, 0] >= self.warm_up)
+        hold = np.clip(cfg.hold_share * rows[fired, 0], cfg.hold, max(cfg.hold, cfg.hold_max))
         rows[fired, HOLD] = np.ceil(hold)
         rows[fired, HOLD_VIEW] = rows[fired, VIEW]
         return score

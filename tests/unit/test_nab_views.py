@@ -77,6 +77,23 @@ def test_a_repeat_of_the_held_event_stays_damped():
     assert scores[201:300].max() == 0.0
 
 
+def test_the_hold_of_a_long_lived_series_is_capped():
+    rng = np.random.default_rng(16)
+    ts = START + STEP * np.arange(6_200)
+    value = 60 + rng.normal(0, 1, len(ts))
+    for at in (6_000, 6_150):  # a new high each time, a little beyond the last
+        high, low = value[:at].max(), value[:at].min()
+        value[at] = high + 0.05 * (high - low)
+    uncapped = EnsembleConfig(hold_max=10**9)  # the hold is 3 % of 6,000 samples: 180
+
+    scores = _scores(EnsembleConfig(hold_max=120), ts, value)
+    held = _scores(uncapped, ts, value)
+
+    assert scores[6_000] == 1.0 and held[6_000] == 1.0
+    assert scores[6_150] == 1.0
+    assert held[6_150] == 0.0
+
+
 def _idle_key_with_blips(seed: int, last_blip: int) -> tuple[np.ndarray, np.ndarray]:
     """Zero most of the time, a small blip every 50 samples (runs of 49 zeros) until
     ``last_blip``, then zeros, then blips again from sample 1,000 (rogue_agent_key_hold)."""

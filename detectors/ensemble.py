@@ -33,12 +33,13 @@ The smallest probability (Bonferroni-corrected for the graded views) becomes the
 decades of surprise over :attr:`EnsembleConfig.decades`, capped at 1. After a score reaches
 :attr:`EnsembleConfig.fire`, scores are damped for :attr:`EnsembleConfig.hold` samples, or
 :attr:`EnsembleConfig.hold_share` of the samples the series has seen if that is longer (up
-to :attr:`EnsembleConfig.hold_max`), so one event is reported once. A point view (novelty,
-repeat) judges the sample alone, so its alarm inside a hold that another view started is a
-new fault (a level alarm, then a value below any seen; a spike, then a counter stuck) and
-passes; the averaging views keep echoing a strong sample for a while and stay held. A
-sample :attr:`EnsembleConfig.hold_break` times more surprising than score 1 asks for passes
-any hold: a new event, not the held one's tail.
+to :attr:`EnsembleConfig.hold_max`), and for as long as the view that fired keeps scoring
+that high, so one event is reported once. A point view (novelty, repeat) judges the sample
+alone, so its alarm inside a hold that another view started is a new fault (a level alarm,
+then a value below any seen; a spike, then a counter stuck) and passes; the averaging views
+keep echoing a strong sample for a while and stay held. A sample
+:attr:`EnsembleConfig.hold_break` times more surprising than score 1 asks for passes any
+hold: a new event, not the held one's tail.
 """
 
 from __future__ import annotations
@@ -399,14 +400,17 @@ class Ensemble(TableDetector):
 
         ``surprise`` is the score before capping at 1; far beyond 1 it breaks the hold. A
         point view's alarm passes a hold another view started; a hold restored from a
-        snapshot without its view (-1) holds every view.
+        snapshot without its view (-1) holds every view. The hold does not run down while
+        the view that started it still scores from :attr:`EnsembleConfig.fire`.
         """
         cfg = self.config
         view, held_by = rows[:, VIEW], rows[:, HOLD_VIEW]
         new_fault = np.isin(view, POINT_VIEWS) & (held_by >= 0) & (held_by != view)
         holding = (rows[:, HOLD] > 0) & ~new_fault & (surprise < cfg.hold_break)
+        # The view that fired still scoring as high is the same event, not yet over.
+        ongoing = holding & (view == held_by) & (score >= cfg.fire)
         score = np.where(holding, score * cfg.damp, score)
-        rows[:, HOLD] = np.maximum(rows[:, HOLD] - 1, 0)
+        rows[:, HOLD] = np.where(ongoing, rows[:, HOLD], np.maximum(rows[:, HOLD] - 1, 0))
 
         fired = (score >= cfg.fire) & (rows[:, 0] >= self.warm_up)
         hold = np.clip(cfg.hold_share * rows[fired, 0], cfg.hold, max(cfg.hold, cfg.hold_max))

@@ -94,6 +94,21 @@ def test_the_hold_of_a_long_lived_series_is_capped():
     assert held[6_150] == 0.0
 
 
+def test_an_event_that_keeps_its_view_alarmed_is_reported_once():
+    rng = np.random.default_rng(31)
+    ts = START + STEP * np.arange(3_000)
+    value = rng.gamma(2.0, 1.0, len(ts))
+    value[2_000:2_400] += np.linspace(0, 3, 400)  # a ramp: the level keeps moving away
+
+    scores = _scores(EnsembleConfig(), ts, value)
+    views = _deciding_views(ts, value)
+
+    alarms = [i for i in range(2_000, 3_000) if scores[i] >= 0.5]
+    drift = [i for i in alarms if views[i] == "drift"]
+    assert len(drift) == 1  # not again each time a hold of 100 samples runs out
+    assert len(alarms) == 2  # the ramp's first new high, then the drift
+
+
 def _idle_key_with_blips(seed: int, last_blip: int) -> tuple[np.ndarray, np.ndarray]:
     """Zero most of the time, a small blip every 50 samples (runs of 49 zeros) until
     ``last_blip``, then zeros, then blips again from sample 1,000 (rogue_agent_key_hold)."""

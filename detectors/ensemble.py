@@ -82,9 +82,10 @@ class EnsembleConfig:
             has shown how long its disturbances last (NAB: 5 % turned 18 repeat alarms
             on long tweet series into none; with the drift view, 3 %, so a holiday a
             week after another one is still reported).
-        hold_max: the longest hold, in samples. NAB's longest file (22,695 samples) holds
-            681 at most; a series scraped each minute for a year would otherwise hold
-            for eleven days after each alarm.
+        hold_max: the longest hold, in samples, whether from the history share or from
+            an event that goes on. NAB's longest file (22,695 samples) holds 681 at most;
+            a series scraped each minute for a year would otherwise hold for eleven days
+            after each alarm.
         damp: factor applied to scores during the hold.
         hold_break: multiples of :attr:`decades` of surprise that pass through a hold (NAB:
             a speed falling far below any speed seen, inside the hold of an earlier alarm).
@@ -167,7 +168,8 @@ SHAPE_SHORT, SHAPE_MEAN, SHAPE_VAR, SHAPE_LEARNED = range(PHASE_DEV + PHASE_CELL
 VIEW = SHAPE_LEARNED + 1  # index in VIEWS of the view that decided the latest score
 DRIFT_LEVEL, DRIFT_MEAN, DRIFT_VAR = range(VIEW + 1, VIEW + 4)
 HOLD_VIEW = VIEW + 4  # the view whose alarm started the hold (-1: not recorded)
-SHAPE_SEQUENCE = VIEW + 5  # the last shape_width samples, oldest first
+HELD_FOR = VIEW + 5  # samples since the hold started
+SHAPE_SEQUENCE = VIEW + 6  # the last shape_width samples, oldest first
 # The views, in the order ``_advance`` consults them, and what each one's surprise means.
 VIEWS = {
     "level": "a sustained shift from the running level",
@@ -401,7 +403,8 @@ class Ensemble(TableDetector):
         ``surprise`` is the score before capping at 1; far beyond 1 it breaks the hold. A
         point view's alarm passes a hold another view started; a hold restored from a
         snapshot without its view (-1) holds every view. The hold does not run down while
-        the view that started it still scores from :attr:`EnsembleConfig.fire`.
+        the view that started it still scores from :attr:`EnsembleConfig.fire`, up to
+        :attr:`EnsembleConfig.hold_max` samples in all.
         """
         cfg = self.config
         view, held_by = rows[:, VIEW], rows[:, HOLD_VIEW]
@@ -410,12 +413,15 @@ class Ensemble(TableDetector):
         # The view that fired still scoring as high is the same event, not yet over.
         ongoing = holding & (view == held_by) & (score >= cfg.fire)
         score = np.where(holding, score * cfg.damp, score)
-        rows[:, HOLD] = np.where(ongoing, rows[:, HOLD], np.maximum(rows[:, HOLD] - 1, 0))
+        rows[:, HELD_FOR] += rows[:, HOLD] > 0
+        left = np.where(ongoing, rows[:, HOLD], np.maximum(rows[:, HOLD] - 1, 0))
+        rows[:, HOLD] = np.where(rows[:, HELD_FOR] >= cfg.hold_max, 0.0, left)
 
         fired = (score >= cfg.fire) & (rows[:, 0] >= self.warm_up)
-        hold = np.clip(cfg.hold_share * rows[fired, 0], cfg.hold, max(cfg.hold, cfg.hold_max))
+        hold = np.maximum(cfg.hold, cfg.hold_share * rows[fired, 0])  # hold_max cuts it
         rows[fired, HOLD] = np.ceil(hold)
         rows[fired, HOLD_VIEW] = rows[fired, VIEW]
+        rows[fired, HELD_FOR] = 0.0
         return score
 
     def _learn(self, rows: np.ndarray, value: np.ndarray) -> None:
@@ -466,11 +472,12 @@ def _judge_by_law(rows: np.ndarray, observed: np.ndarray, law: tuple[int, int],
 
 def _shape_columns(config: EnsembleConfig) -> tuple[str, ...]:
     """The ensemble's columns: the fixed ones, the deciding view, the drift view's, the
-    held view, then the shape view's sequence and reservoir (their width depends on the
-    configuration)."""
+    held view and how long it has been held, then the shape view's sequence and reservoir
+    (their width depends on the configuration)."""
     sequence = tuple(f"shape_sequence_{i}" for i in range(config.shape_width))
     if config.shape_kept * config.shape_width % 2:
         raise ValueError("shape_kept x shape_width must be even: float32 values go in pairs")
     kept = tuple(f"shape_kept_{j}" for j in range(config.shape_kept * config.shape_width // 2))
     return (*_COLUMNS, "shape_short", "shape_mean", "shape_var", "shape_learned", "view",
-            "drift_level", "drift_mean", "drift_var", "hold_view", *sequence, *kept)
+            "drift_level", "drift_mean", "drift_var", "hold_view", "held_for", *sequence,
+            *kept)

@@ -103,10 +103,14 @@ def test_an_event_that_keeps_its_view_alarmed_is_reported_once():
     scores = _scores(EnsembleConfig(), ts, value)
     views = _deciding_views(ts, value)
 
+    bounded = _scores(EnsembleConfig(hold_max=100), ts, value)
+
     alarms = [i for i in range(2_000, 3_000) if scores[i] >= 0.5]
     drift = [i for i in alarms if views[i] == "drift"]
     assert len(drift) == 1  # not again each time a hold of 100 samples runs out
     assert len(alarms) == 2  # the ramp's first new high, then the drift
+    again = [i for i in range(drift[0] + 1, 3_000) if bounded[i] >= 0.5]
+    assert again and again[0] - drift[0] <= 101  # no hold outlasts hold_max
 
 
 def _idle_key_with_blips(seed: int, last_blip: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from detectors.ensemble import Ensemble, EnsembleConfig
 
 STEP = 300.0  # NAB's artificial series: one sample every five minutes
 PER_DAY = int(86_400 / STEP)
+# Length at which a run of one value is news when no earlier run reached the floor of 50.
+RUN_BAR = math.ceil(50 * (1 + EnsembleConfig().run_margin))
 START = 1_767_571_200.0  # a UTC midnight
 
 
@@ -126,7 +130,7 @@ def _idle_key_with_blips(seed: int, last_blip: int) -> tuple[np.ndarray, np.ndar
 
 def test_a_value_stuck_far_longer_than_ever_before_is_found_by_the_repeat_view():
     ts, value = _idle_key_with_blips(seed=13, last_blip=750)
-    passes = 751 + 63 - 1  # the run reaches 1.25 times the floor of 50 samples
+    passes = 751 + RUN_BAR - 1  # the run passes the floor of 50 samples by the margin
 
     scores = _scores(EnsembleConfig(), ts, value)
     without = _scores(EnsembleConfig(run_margin=np.inf), ts, value)
@@ -139,7 +143,7 @@ def test_a_value_stuck_far_longer_than_ever_before_is_found_by_the_repeat_view()
 def test_a_stuck_counter_inside_the_hold_of_a_spike_is_reported_too():
     ts, value = _idle_key_with_blips(seed=13, last_blip=750)
     value[760] = 60.0  # a burst far beyond any blip: it fires and holds for 100 samples
-    passes = 761 + 63 - 1  # then zeros from 761 on, longer than any run before
+    passes = 761 + RUN_BAR - 1  # then zeros from 761 on, longer than any run before
 
     scores = _scores(EnsembleConfig(), ts, value)
     views = _deciding_views(ts, value)
@@ -233,7 +237,7 @@ def _deciding_views(ts: np.ndarray, value: np.ndarray) -> list[str]:
 
 def test_each_alarm_names_the_view_that_raised_it():
     ts, value = _idle_key_with_blips(seed=13, last_blip=750)
-    stuck = 751 + 63 - 1
+    stuck = 751 + RUN_BAR - 1
     saw_ts, saws = _rising_saws(seed=15)
     saws[1_200:1_260] = saws[1_200:1_260][::-1]
     wave_ts, wave = _daily_wave(10, seed=7)

@@ -10,8 +10,8 @@ from detectors.ensemble import Ensemble, EnsembleConfig
 
 STEP = 300.0  # NAB's artificial series: one sample every five minutes
 PER_DAY = int(86_400 / STEP)
-# Length at which a run of one value is news when no earlier run reached the floor of 50.
-RUN_BAR = math.ceil(50 * (1 + EnsembleConfig().run_margin))
+# Length at which a run of one value is news when no earlier run reached the floor.
+RUN_BAR = math.ceil(EnsembleConfig().run_floor * (1 + EnsembleConfig().run_margin))
 START = 1_767_571_200.0  # a UTC midnight
 
 

@@ -171,7 +171,8 @@ VIEW = SHAPE_LEARNED + 1  # index in VIEWS of the view that decided the latest s
 DRIFT_LEVEL, DRIFT_MEAN, DRIFT_VAR = range(VIEW + 1, VIEW + 4)
 HOLD_VIEW = VIEW + 4  # the view whose alarm started the hold (-1: not recorded)
 HELD_FOR = VIEW + 5  # samples since the hold started
-SHAPE_SEQUENCE = VIEW + 6  # the last shape_width samples, oldest first
+HELD_SCORE = VIEW + 6  # the latest sample's score before the hold damped it (0: not held)
+SHAPE_SEQUENCE = VIEW + 7  # the last shape_width samples, oldest first
 # The views, in the order ``_advance`` consults them, and what each one's surprise means.
 VIEWS = {
     "level": "a sustained shift from the running level",
@@ -339,6 +340,15 @@ class Ensemble(TableDetector):
         speaks = rows[:, 0] >= cfg.drift_after
         return np.where(speaks, np.minimum(log_p + cfg.drift_decades * LN10, 0.0), 0.0)
 
+    def held_score(self, slots: np.ndarray) -> np.ndarray:
+        """Each slot's latest score before the hold damped it, 0 when it was not held.
+
+        From :attr:`EnsembleConfig.fire` on, the event reported when the hold started
+        still goes on (its own view, or another one echoing it): a caller may remind of
+        it.
+        """
+        return self.state[np.asarray(slots, dtype=np.int64), HELD_SCORE].copy()
+
     def deciding_view(self, slots: np.ndarray) -> list[str]:
         """Name of the view (a key of :data:`VIEWS`) that decided each slot's last score."""
         names = list(VIEWS)
@@ -414,6 +424,7 @@ class Ensemble(TableDetector):
         holding = (rows[:, HOLD] > 0) & ~new_fault & (surprise < cfg.hold_break)
         # The view that fired still scoring as high is the same event, not yet over.
         ongoing = holding & (view == held_by) & (score >= cfg.fire)
+        rows[:, HELD_SCORE] = np.where(holding, score, 0.0)
         score = np.where(holding, score * cfg.damp, score)
         rows[:, HELD_FOR] += rows[:, HOLD] > 0
         left = np.where(ongoing, rows[:, HOLD], np.maximum(rows[:, HOLD] - 1, 0))
@@ -474,12 +485,12 @@ def _judge_by_law(rows: np.ndarray, observed: np.ndarray, law: tuple[int, int],
 
 def _shape_columns(config: EnsembleConfig) -> tuple[str, ...]:
     """The ensemble's columns: the fixed ones, the deciding view, the drift view's, the
-    held view and how long it has been held, then the shape view's sequence and reservoir
-    (their width depends on the configuration)."""
+    held view, how long it has been held and the latest score the hold damped, then the
+    shape view's sequence and reservoir (their width depends on the configuration)."""
     sequence = tuple(f"shape_sequence_{i}" for i in range(config.shape_width))
     if config.shape_kept * config.shape_width % 2:
         raise ValueError("shape_kept x shape_width must be even: float32 values go in pairs")
     kept = tuple(f"shape_kept_{j}" for j in range(config.shape_kept * config.shape_width // 2))
     return (*_COLUMNS, "shape_short", "shape_mean", "shape_var", "shape_learned", "view",
-            "drift_level", "drift_mean", "drift_var", "hold_view", "held_for", *sequence,
-            *kept)
+            "drift_level", "drift_mean", "drift_var", "hold_view", "held_for", "held_score",
+            *sequence, *kept)

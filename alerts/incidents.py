@@ -17,7 +17,9 @@ within ``window``, or through a condition still holding that it depends on (erro
 burning on Traefik's routes take the orders that fall behind them at any time): a
 condition explains what it feeds, not what feeds it or what it protects. So a backup
 failing since the night does not adopt the replica lag or the KPI noise of the
-afternoon.
+afternoon. A learning detector's event that goes on is treated the same way: the
+detector stage reports it at onset and then sends reminders (``Anomaly.extra`` holds
+:data:`~tillwatch.anomaly.REMINDER`), which hold the incident open but are not fresh.
 
 Every new reading is reported as an ``updated`` event, even when the set of anomalous
 series stays the same: a stock sync delay climbing past its budget changes the tier
@@ -40,7 +42,7 @@ from typing import Any, Literal
 import xxhash
 
 from alerts.topology import Topology
-from tillwatch.anomaly import Anomaly, Direction
+from tillwatch.anomaly import REMINDER, Anomaly, Direction
 from tillwatch.errors import ConfigError
 
 EventKind = Literal["opened", "updated", "resolved"]
@@ -344,9 +346,11 @@ class IncidentBuilder:
         return known is None or anomaly.ts >= known.last_seen
 
     def _fresh(self, anomaly: Anomaly, known: Finding | None) -> bool:
-        """Whether an anomaly is fresh evidence: any of a learning detector; of a state
-        detector, the onset of a run (its series' first, or the first after a gap longer
-        than the window, when the rule cleared and fired again)."""
+        """Whether an anomaly is fresh evidence: any of a learning detector but its
+        reminders; of a state detector, the onset of a run (its series' first, or the
+        first after a gap longer than the window, when the rule cleared and fired again)."""
+        if anomaly.extra.get(REMINDER):
+            return known is None  # a reminder whose onset this builder never saw
         if not any(fnmatchcase(anomaly.detector, p) for p in self.state_detectors):
             return True
         return known is None or anomaly.ts - known.last_seen > self.window

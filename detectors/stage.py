@@ -23,6 +23,9 @@ before the seasonal families see them: neutral, and not learned. A batch may hol
 samples of one series; they are stepped in time order, one round per occurrence. A score
 at or above ``threshold`` becomes an :class:`~tillwatch.anomaly.Anomaly` naming the
 family that fired, the expected value and band, the observed value and the direction.
+A rule that keeps firing, or an ensemble event that goes on under its hold, is reported
+at its onset and then reminded of every ``reminder`` seconds (``Anomaly.extra`` marks
+the reminders), so its incident stays open while it lasts.
 """
 
 from __future__ import annotations
@@ -41,17 +44,17 @@ from detectors.ensemble import DEV, LEVEL, VIEWS, Ensemble, EnsembleConfig
 from detectors.forest import SNAPSHOT_KEYS, ServiceForest
 from detectors.rules import DEFAULT_RULES, Rule, rule_for
 from detectors.seasonal import Seasonal
-from detectors.table import TableDetector
-from tillwatch.anomaly import Anomaly, Direction
+from detectors.table import LAST_TS, TableDetector
+from tillwatch.anomaly import REMINDER, Anomaly, Direction
 from tillwatch.sample import SampleBatch, Series
 
 log = logging.getLogger(__name__)
 
 BAND_WIDTH = 4.0  # deviations either side of the expected value
 FAMILIES = ("ensemble", "seasonal", "counts", "revenue")
-# Seconds between reports of a rule that keeps firing: well inside the incidents' window
+# Seconds between reports of an event that goes on: well inside the incidents' window
 # (300 s) even when samples come a few minutes apart.
-RULE_REMINDER = 120.0
+REMINDER_EVERY = 120.0
 SEASONAL_FAMILIES = ("seasonal", "counts", "revenue")
 
 
@@ -78,18 +81,18 @@ class DetectorStage:
         rules: rules for signals with known limits (:data:`DEFAULT_RULES` when
             omitted; pass ``()`` for none).
         multivariate: also judge each service's series jointly with an IsolationForest.
-        rule_reminder: seconds between two anomalies of a rule that keeps firing: it is
-            reported at onset, then at this pace while it holds, which keeps its finding
-            active in its incident (the incidents' window is 300 s) without a row per
-            sample.
+        reminder: seconds between two anomalies of an event that goes on (a rule that
+            keeps firing, an ensemble event whose view still sees it): it is reported at
+            onset, then at this pace while it lasts, which keeps its finding active in
+            its incident (the incidents' window is 300 s) without a row per sample.
     """
 
     def __init__(self, *, threshold: float = 0.5, config: EnsembleConfig | None = None,
                  calendar: Calendar | None = None, utc_offset_hours: float = 0.0,
                  rules: Sequence[Rule] | None = None, multivariate: bool = False,
-                 rule_reminder: float = RULE_REMINDER) -> None:
-        self.threshold, self.rule_reminder = threshold, rule_reminder
-        # Time of the last anomaly reported per (rule family, slot) while it fires.
+                 reminder: float = REMINDER_EVERY) -> None:
+        self.threshold, self.reminder = threshold, reminder
+        # Time of the last anomaly reported per (family, slot) while its event goes on.
         self._reported: dict[tuple[str, int], float] = {}
         self.rules = tuple(DEFAULT_RULES if rules is None else rules)
         self.multivariate = multivariate
@@ -294,32 +297,50 @@ class DetectorStage:
                   ) -> list[Anomaly]:
         if family.startswith("rule"):
             return self._rule_verdicts(family, batch, picked, picked_slots, scores, bands)
-        out = []
+        reports = {i: False for i in np.flatnonzero(scores >= self.threshold).tolist()}
+        if family == "ensemble":
+            scores = self._unheld(batch, picked, picked_slots, scores)
+            reports = self._paced(family, batch, picked, picked_slots, set(reports),
+                                  scores >= self.threshold)
         # A count model judges windows, not the sample: its direction is the side of the
         # window that scored highest (a surplus window may end on a minute without a sale).
         side = getattr(self.detectors[family], "side", None)
         sides = side(picked_slots) if side else None
-        # Only the anomalous slots: each of them has just been scored, so its deciding
+        # Only the reported slots: each of them has just been scored, so its deciding
         # view is this sample's (a late sample's slot may still hold a restored, older one).
-        hits = np.flatnonzero(scores >= self.threshold)
-        reasons = dict(zip(hits.tolist(), self._reasons(family, picked_slots[hits]),
+        reasons = dict(zip(reports, self._reasons(family, picked_slots[list(reports)]),
                            strict=True))
-        for i in hits.tolist():
+        out = []
+        for i, reminder in sorted(reports.items()):
             row = int(picked[i])
             series = batch.series[int(batch.series_ix[row])]
             expected, lower, upper = (float(v) for v in bands[i])
             observed = float(batch.value[row])
             direction = _direction(observed, expected, sides[i] if sides is not None
                                    else None)
+            still = ", still going on" if reminder else ""
             out.append(Anomaly(
                 ts=float(batch.ts[row]), series_id=series.id, signal=series.signal,
                 labels=dict(series.labels), score=float(scores[i]), observed=observed,
                 expected=expected, lower=lower, upper=upper, direction=direction,
                 detector=family,
-                explanation=(f"{family}{reasons[i]}: {series.signal} {direction} at "
+                explanation=(f"{family}{reasons[i]}{still}: {series.signal} {direction} at "
                              f"{observed:g}, expected {expected:g} ({lower:g}..{upper:g})"),
+                extra={REMINDER: 1.0} if reminder else {},
             ))
         return out
+
+    def _unheld(self, batch: SampleBatch, picked: np.ndarray, picked_slots: np.ndarray,
+                scores: np.ndarray) -> np.ndarray:
+        """The ensemble's scores before its hold damped them: a held score from the
+        threshold on says the reported event goes on.
+
+        Only where the slot's latest sample is this one: a late sample was not learned,
+        so the slot's record belongs to an earlier sample.
+        """
+        held = self.ensemble.held_score(picked_slots)
+        latest = self.ensemble.state[picked_slots, LAST_TS] == batch.ts[picked]
+        return np.where(latest & (held > scores), held, scores)
 
     def _reasons(self, family: str, slots: np.ndarray) -> list[str]:
         """For the ensemble, which of its views decided each score and what that means."""
@@ -328,14 +349,17 @@ class DetectorStage:
         views = self.ensemble.deciding_view(slots)
         return [f" ({view}: {VIEWS[view]})" for view in views]
 
-
     def _rule_verdicts(self, family: str, batch: SampleBatch, picked: np.ndarray,
                        picked_slots: np.ndarray, scores: np.ndarray, bands: np.ndarray
                        ) -> list[Anomaly]:
         """Anomalies of a firing rule, explained by the rule and its limit."""
         rule, detector = self.rules[int(family[4:])], self.detectors[family]
+        firing = scores >= self.threshold
+        onsets = {i for i in np.flatnonzero(firing).tolist()
+                  if (family, int(picked_slots[i])) not in self._reported}
         out = []
-        for i in self._rule_reports(family, batch, picked, picked_slots, scores):
+        for i, reminder in self._paced(family, batch, picked, picked_slots, onsets,
+                                       firing).items():
             row = int(picked[i])
             series = batch.series[int(batch.series_ix[row])]
             expected, lower, upper = (float(v) for v in bands[i])
@@ -347,24 +371,34 @@ class DetectorStage:
                 detector=rule.kind,
                 explanation=rule.explain(series.signal, observed, cast(Any, detector),
                                          int(picked_slots[i])),
+                extra={REMINDER: 1.0} if reminder else {},
             ))
         return out
 
-    def _rule_reports(self, family: str, batch: SampleBatch, picked: np.ndarray,
-                      picked_slots: np.ndarray, scores: np.ndarray) -> list[int]:
-        """Which firing samples to report: a run's onset, then one per ``rule_reminder``."""
-        reports = []
+    def _paced(self, family: str, batch: SampleBatch, picked: np.ndarray,
+               picked_slots: np.ndarray, onsets: set[int], going_on: np.ndarray
+               ) -> dict[int, bool]:
+        """Which samples to report: every onset, then one per ``reminder`` seconds while
+        the event goes on without a break.
+
+        Once an event stops going on, only a new onset is reported: what its hold sees
+        later stays muted, so a reminder never revives an incident that has resolved.
+
+        Returns:
+            The index of each sample to report, and whether it is a reminder.
+        """
+        reports = {}
         for i, (row, slot) in enumerate(zip(picked.tolist(), picked_slots.tolist(),
                                             strict=True)):
             key, ts = (family, int(slot)), float(batch.ts[row])
-            if scores[i] < self.threshold:
-                self._reported.pop(key, None)  # cleared: the next firing is an onset
-                continue
-
-            last = self._reported.get(key)
-            if last is None or ts - last >= self.rule_reminder:
+            if i in onsets:
                 self._reported[key] = ts
-                reports.append(i)
+                reports[i] = False
+            elif not going_on[i]:
+                self._reported.pop(key, None)  # over: the next firing is an onset
+            elif key in self._reported and ts - self._reported[key] >= self.reminder:
+                self._reported[key] = ts
+                reports[i] = True
         return reports
 
     def _process_forests(self, batch: SampleBatch) -> list[Anomaly]:

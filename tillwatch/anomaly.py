@@ -13,6 +13,10 @@ from typing import Literal
 from tillwatch.errors import DecodeError
 
 Direction = Literal["up", "down", "none"]
+# Key of ``Anomaly.extra`` set to 1 on a reminder: the event was reported at its onset and
+# still goes on (a rule still firing, an ensemble event its view still sees). A reminder
+# keeps the event's incident open; it is not fresh evidence of anything new.
+REMINDER = "reminder"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,7 @@ class Anomaly:
         direction: ``up`` when observed is above the band, ``down`` below, else ``none``.
         detector: which detector (or ensemble member) fired.
         explanation: one sentence a person can read.
+        extra: further figures of the verdict by name (:data:`REMINDER` marks a reminder).
     """
 
     ts: float

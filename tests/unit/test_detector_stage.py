@@ -8,7 +8,7 @@ import numpy as np
 
 from detectors.ensemble import VIEW, VIEWS
 from detectors.stage import DetectorStage
-from tillwatch.anomaly import Anomaly
+from tillwatch.anomaly import REMINDER, Anomaly
 from tillwatch.sample import BatchBuilder, SampleBatch
 
 
@@ -127,6 +127,7 @@ def test_a_rule_that_keeps_firing_reports_its_onset_then_reminds():
     # The limit needs 5 minutes (at 0..5); reminders every 2 minutes while it holds; the
     # second run fires as an onset of its own 5 minutes after it starts (at 40..45).
     assert minutes == [5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 45, 47, 49, 51, 53]
+    assert [m for m, a in zip(minutes, anomalies, strict=True) if not a.extra] == [5, 45]
 
 
 def test_a_burning_error_ratio_fires_the_burn_rate_rule_with_its_windows():
@@ -264,10 +265,16 @@ def test_a_late_sample_beside_an_anomaly_after_an_upgrade_that_dropped_a_view(tm
     assert anomalies[0].explanation.startswith("ensemble (novelty: ")
 
 
+MINUTE_1000 = 1.7e9 + 60.0 * 1_000
+
+
 def latency_batch(latency: np.ndarray, start: int = 0) -> SampleBatch:
-    """One-minute samples of one Redis instance's latency (an ensemble series)."""
+    """One-minute samples of one Redis instance's latency (an ensemble series); NaN marks
+    a missed scrape."""
     builder = BatchBuilder()
     for step, value in enumerate(latency.tolist()):
+        if np.isnan(value):
+            continue
         builder.add(1.7e9 + 60.0 * (start + step), "redis.latency_seconds",
                     {"service": "redis"}, value)
     return builder.build()
@@ -286,6 +293,24 @@ def test_a_score_below_the_threshold_holds_back_no_later_anomaly():
 
     assert [a.ts for a in demanding if a.ts >= late] == [1.7e9 + 60.0 * 330]
     assert [a.ts for a in default if a.ts >= late] == [1.7e9 + 60.0 * 300]  # one event
+
+
+def test_an_ensemble_event_that_goes_on_is_reported_once_then_reminded_of():
+    rng = np.random.default_rng(5)
+    latency = 0.02 + rng.normal(0, 0.001, 1_500)
+    latency[1_000:] += 0.006  # six deviations up, for good: the new normal in the end
+    latency[1_011] = np.nan  # a missed scrape does not end the event
+    stage = DetectorStage(threshold=0.5)
+
+    anomalies = [a for a in stage.process(latency_batch(latency)) if a.ts >= MINUTE_1000]
+
+    onset, *reminders = anomalies
+    assert onset.ts == MINUTE_1000 and REMINDER not in onset.extra
+    assert reminders and all(a.extra == {REMINDER: 1.0} for a in reminders)
+    assert all("still going on" in a.explanation and a.score >= 0.5 for a in reminders)
+    paces = np.diff([a.ts for a in anomalies])
+    assert paces.min() == stage.reminder and paces.max() <= 2 * stage.reminder
+    assert MINUTE_1000 + 60.0 * 30 < reminders[-1].ts < MINUTE_1000 + 60.0 * 200
 
 
 def test_an_upgrade_that_adds_columns_keeps_what_each_series_learned(tmp_path, caplog):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from alerts.incidents import IncidentBuilder, IncidentEvent
 from alerts.topology import Topology
-from tillwatch.anomaly import Anomaly, Direction
+from tillwatch.anomaly import REMINDER, Anomaly, Direction
 from tillwatch.errors import ConfigError
 from tillwatch.sample import Series
 
@@ -424,3 +426,27 @@ def test_a_rule_firing_again_after_clearing_is_fresh_evidence() -> None:
     assert len({e.incident.incident_id for e in events}) == 1
     [finding] = [f for f in events[-1].incident.findings if f.signal.startswith("backup.")]
     assert finding.fresh_seen == T0 + 1800
+
+
+def _reminded(signal: str, labels: dict[str, str], until: float) -> list[Anomaly]:
+    """An ensemble event: its onset at 0, then a reminder every two minutes until ``until``."""
+    onset = anomaly(0, signal, "up", 5400.0, 900.0, labels)
+    return [onset, *(replace(anomaly(ts, signal, "up", 5400.0, 900.0, labels),
+                             extra={REMINDER: 1.0}) for ts in range(120, int(until), 120))]
+
+
+def test_an_event_reminded_of_for_hours_is_fresh_evidence_only_at_its_onset() -> None:
+    backup = {"service": "backup", "stanza": "main"}
+    replica = {"service": "postgres", "replica": "pg-replica-1"}
+    slow = _reminded("backup.duration_seconds", backup, 6 * 3600)
+    lag = anomaly(4 * 3600 + 30, "postgres.replica_lag_bytes", "up", 5e6, 1e5, replica)
+    unflagged = [replace(a, extra={}) for a in slow]
+
+    reminded = IncidentBuilder().observe_all([*slow, lag])
+    fresh = IncidentBuilder().observe_all([*unflagged, lag])
+
+    incidents = {e.incident.incident_id: e.incident for e in reminded}
+    assert len(incidents) == 2  # the backup event held open, the lag on its own
+    held = next(i for i in incidents.values() if i.service == "backup")
+    assert [(f.count, f.fresh_seen) for f in held.findings] == [(len(slow), T0)]
+    assert len({e.incident.incident_id for e in fresh}) == 1  # fresh readings adopt it

@@ -6,7 +6,8 @@ detector stage over a simulated estate without incident scenarios (trading hours
 stores, no rules: they judge known limits, not surprise) and counts, in the second week
 (after the profiles have seen one of each weekday), the samples of each family whose score
 reaches each bar. The ratio to the nominal rate says how far the calibration holds on
-data like a retailer's.
+data like a retailer's. Reminders of an event that goes on are not counted: they repeat
+a verdict already counted.
 
 Usage: ``python bench/bench_calibration.py [--days 14 --seed 2]``
 """
@@ -24,6 +25,7 @@ from detectors.calendar import Calendar, TradingHours
 from detectors.ensemble import EnsembleConfig
 from detectors.stage import DetectorStage, family_of
 from estate.simulator import Simulator
+from tillwatch.anomaly import REMINDER
 
 DAY = 86_400.0
 BARS = (0.3, 0.4, 0.5, 0.7, 1.0)
@@ -49,7 +51,7 @@ def measure(days: float, seed: int) -> tuple[Counter[str], dict[str, list[float]
         for family in np.unique(families).tolist():
             samples[family] += int(((families == family) & judged).sum())
         for anomaly in stage.process(batch):
-            if anomaly.ts >= judged_from:
+            if anomaly.ts >= judged_from and REMINDER not in anomaly.extra:
                 scores[anomaly.detector].append(anomaly.score)
     return samples, scores
 

@@ -297,11 +297,7 @@ class DetectorStage:
                   ) -> list[Anomaly]:
         if family.startswith("rule"):
             return self._rule_verdicts(family, batch, picked, picked_slots, scores, bands)
-        reports = {i: False for i in np.flatnonzero(scores >= self.threshold).tolist()}
-        if family == "ensemble":
-            scores = self._unheld(batch, picked, picked_slots, scores)
-            reports = self._paced(family, batch, picked, picked_slots, set(reports),
-                                  scores >= self.threshold)
+        reports, scores = self._reports(family, batch, picked, picked_slots, scores)
         # A count model judges windows, not the sample: its direction is the side of the
         # window that scored highest (a surplus window may end on a minute without a sale).
         side = getattr(self.detectors[family], "side", None)
@@ -329,6 +325,23 @@ class DetectorStage:
                 extra={REMINDER: 1.0} if reminder else {},
             ))
         return out
+
+    def _reports(self, family: str, batch: SampleBatch, picked: np.ndarray,
+                 picked_slots: np.ndarray, scores: np.ndarray
+                 ) -> tuple[dict[int, bool], np.ndarray]:
+        """The samples a learning family reports, each marked True if a reminder, and the
+        scores to report.
+
+        The seasonal and count families have no hold: every sample from the threshold on
+        is reported. The ensemble's onsets are, then reminders while the event goes on,
+        each with the score its hold damped.
+        """
+        onsets = np.flatnonzero(scores >= self.threshold).tolist()
+        if family != "ensemble":
+            return dict.fromkeys(onsets, False), scores
+        unheld = self._unheld(batch, picked, picked_slots, scores)
+        going_on = unheld >= self.threshold
+        return self._paced(family, batch, picked, picked_slots, set(onsets), going_on), unheld
 
     def _unheld(self, batch: SampleBatch, picked: np.ndarray, picked_slots: np.ndarray,
                 scores: np.ndarray) -> np.ndarray:

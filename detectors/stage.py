@@ -157,12 +157,14 @@ class DetectorStage:
             arrays[f"{family}_columns"] = np.array(self.detectors[family].columns, dtype=str)
         for i, rule in enumerate(self.rules):
             arrays[f"rule{i}_rule"] = np.array([repr(rule)])
+        arrays.update(self._reported_arrays())
         arrays.update(self._forest_arrays())
         with open(path, "wb") as handle:
             np.savez(handle, **arrays)
 
     def restore(self, path: Path) -> None:
         """Load a snapshot written by :meth:`snapshot` (or by the ensemble-only stage)."""
+        restored: set[str] = set()
         with np.load(path, allow_pickle=False) as saved:
             for family in self.families:
                 if not self._same_rule(family, saved):
@@ -177,8 +179,30 @@ class DetectorStage:
                 self._slots[family] = {
                     int(i): slot for slot, i in enumerate(saved[f"{prefix}ids"].tolist())
                 }
+                restored.add(family)
+            self._restore_reported(saved, restored)
             if self.multivariate:
                 self._restore_forests(saved)
+
+    def _reported_arrays(self) -> dict[str, np.ndarray]:
+        """The events going on and when each was last reported, so a restarted stage
+        keeps reminding of them at the same pace."""
+        keys = list(self._reported)
+        return {
+            "reported_family": np.array([family for family, _ in keys], dtype=str),
+            "reported_slot": np.array([slot for _, slot in keys], dtype=np.int64),
+            "reported_ts": np.array(list(self._reported.values()), dtype=np.float64),
+        }
+
+    def _restore_reported(self, saved: np.lib.npyio.NpzFile, restored: set[str]) -> None:
+        """Take the saved events of the families whose state was restored: another
+        family's slots would name other series, or a rule's state starts afresh."""
+        if "reported_family" not in saved:
+            return  # written before the events were saved: reminders resume at onsets
+        rows = zip(saved["reported_family"].tolist(), saved["reported_slot"].tolist(),
+                   saved["reported_ts"].tolist(), strict=True)
+        self._reported = {(family, int(slot)): float(ts) for family, slot, ts in rows
+                          if family in restored}
 
     def _forest_arrays(self) -> dict[str, np.ndarray]:
         """Each service's series ids and forest rows, under ``forest<i>_`` keys."""

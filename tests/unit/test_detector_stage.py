@@ -162,7 +162,7 @@ def test_a_firing_rule_keeps_firing_across_a_restart_but_not_across_a_new_rule(t
     stage = DetectorStage()
     stage.process(rule_batch("postgres.replication_lag_seconds", labels, lags))
     stage.snapshot(tmp_path / "stage.npz")
-    later = rule_batch("postgres.replication_lag_seconds", labels, lags[:1], start=10)
+    later = rule_batch("postgres.replication_lag_seconds", labels, lags[:2], start=10)
 
     restored = DetectorStage()
     restored.restore(tmp_path / "stage.npz")
@@ -171,7 +171,10 @@ def test_a_firing_rule_keeps_firing_across_a_restart_but_not_across_a_new_rule(t
                                                  min_duration=300.0),))
     changed.restore(tmp_path / "stage.npz")
 
-    assert [a.detector for a in restored.process(later)] == ["threshold"]
+    # Reported at 5, 7 and 9 before the restart: the next reminder is due at 11.
+    [reminder] = restored.process(later)
+    assert (reminder.detector, reminder.ts, reminder.extra) == (
+        "threshold", 1.7e9 + 60.0 * 11, {REMINDER: 1.0})
     # Another rule table: its rules start afresh and wait their minimum duration.
     assert changed.process(later) == []
 
@@ -311,6 +314,23 @@ def test_an_ensemble_event_that_goes_on_is_reported_once_then_reminded_of():
     paces = np.diff([a.ts for a in anomalies])
     assert paces.min() == stage.reminder and paces.max() <= 2 * stage.reminder
     assert MINUTE_1000 + 60.0 * 30 < reminders[-1].ts < MINUTE_1000 + 60.0 * 200
+
+
+def test_a_restarted_stage_goes_on_reminding_of_an_ensemble_event(tmp_path):
+    rng = np.random.default_rng(5)
+    latency = 0.02 + rng.normal(0, 0.001, 1_060)
+    latency[1_000:] += 0.006  # the event of the test above, cut by a restart at 1,030
+    stage = DetectorStage(threshold=0.5)
+    before = stage.process(latency_batch(latency[:1_030]))
+    stage.snapshot(tmp_path / "stage.npz")
+
+    restored = DetectorStage(threshold=0.5)
+    restored.restore(tmp_path / "stage.npz")
+    after = restored.process(latency_batch(latency[1_030:], start=1_030))
+
+    stamps = [a.ts for a in before + after if a.ts >= MINUTE_1000]
+    assert after and all(a.extra == {REMINDER: 1.0} for a in after)
+    assert np.diff(stamps).max() == restored.reminder  # the pace goes on through it
 
 
 def test_an_upgrade_that_adds_columns_keeps_what_each_series_learned(tmp_path, caplog):

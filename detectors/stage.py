@@ -363,21 +363,10 @@ class DetectorStage:
         onsets = np.flatnonzero(scores >= self.threshold).tolist()
         if family != "ensemble":
             return dict.fromkeys(onsets, False), scores
-        unheld = self._unheld(batch, picked, picked_slots, scores)
+        # The score the hold damped: from the threshold on, the reported event goes on.
+        unheld = np.maximum(scores, self.ensemble.held_score(picked_slots))
         going_on = unheld >= self.threshold
         return self._paced(family, batch, picked, picked_slots, set(onsets), going_on), unheld
-
-    def _unheld(self, batch: SampleBatch, picked: np.ndarray, picked_slots: np.ndarray,
-                scores: np.ndarray) -> np.ndarray:
-        """The ensemble's scores before its hold damped them: a held score from the
-        threshold on says the reported event goes on.
-
-        Only where the slot's latest sample is this one: a late sample was not learned,
-        so the slot's record belongs to an earlier sample.
-        """
-        held = self.ensemble.held_score(picked_slots)
-        latest = self.ensemble.state[picked_slots, LAST_TS] == batch.ts[picked]
-        return np.where(latest & (held > scores), held, scores)
 
     def _reasons(self, family: str, slots: np.ndarray) -> list[str]:
         """For the ensemble, which of its views decided each score and what that means."""
@@ -419,11 +408,13 @@ class DetectorStage:
         the event goes on without a break.
 
         Once an event stops going on, only a new onset is reported: what its hold sees
-        later stays muted, so a reminder never revives an incident that has resolved.
+        later stays muted, so a reminder never revives an incident that has resolved. A
+        sample the detector did not learn (a late one) neither continues nor ends it.
 
         Returns:
             The index of each sample to report, and whether it is a reminder.
         """
+        learned = self.detectors[family].state[picked_slots, LAST_TS] == batch.ts[picked]
         reports = {}
         for i, (row, slot) in enumerate(zip(picked.tolist(), picked_slots.tolist(),
                                             strict=True)):
@@ -431,6 +422,8 @@ class DetectorStage:
             if i in onsets:
                 self._reported[key] = ts
                 reports[i] = False
+            elif not learned[i]:
+                continue
             elif not going_on[i]:
                 self._reported.pop(key, None)  # over: the next firing is an onset
             elif key in self._reported and ts - self._reported[key] >= self.reminder:

@@ -130,6 +130,18 @@ def test_a_rule_that_keeps_firing_reports_its_onset_then_reminds():
     assert [m for m, a in zip(minutes, anomalies, strict=True) if not a.extra] == [5, 45]
 
 
+def test_a_late_sample_neither_ends_a_firing_rule_nor_reminds_of_it():
+    lag, labels = "postgres.replication_lag_seconds", {"service": "postgres"}
+    stage = DetectorStage()
+    stage.process(rule_batch(lag, labels, [600.0] * 10))  # reported at 5, 7 and 9
+
+    late = stage.process(rule_batch(lag, labels, [600.0], start=3))
+    going_on = stage.process(rule_batch(lag, labels, [600.0] * 2, start=10))
+
+    assert late == []
+    assert [(round((a.ts - 1.7e9) / 60), a.extra) for a in going_on] == [(11, {REMINDER: 1.0})]
+
+
 def test_a_burning_error_ratio_fires_the_burn_rate_rule_with_its_windows():
     ratios = [0.0] * 60 + [0.05] * 30
     labels = {"service": "odoo", "router": "webshop"}

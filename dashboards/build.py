@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tillwatch.anomaly import REMINDER
+
 DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "tillwatch-clickhouse"}
 SCHEMA_VERSION = 39  # what Grafana 11.2 writes; older models are migrated on load
 FOLDER = Path(__file__).resolve().parent
@@ -37,6 +39,9 @@ TIER_COLOURS = {"page": "red", "ticket": "orange", "info": "blue", "none": "text
 SOURCE = "splitByChar('.', signal)[1]"
 # Anomaly.service: the series' service label, else the first part of its signal.
 ANOMALY_SERVICE = "if(labels['service'] != '', labels['service'], splitByChar('.', signal)[1])"
+# An anomaly that starts an event, not a reminder that the event goes on: the anomaly
+# panels count events, and an event of a day would otherwise count 720 times.
+NEW_EVENT = f"extra['{REMINDER}'] = 0"
 
 
 def label(key: str) -> str:
@@ -223,7 +228,7 @@ WHERE resolved IS NULL AND {_SERVICE_OF_INCIDENT}"""
 
 _ANOMALY_COUNT_SQL = f"""SELECT count() AS anomalies
 FROM tillwatch.anomalies
-WHERE $__timeFilter(ts) AND {chosen(ANOMALY_SERVICE, "service")}"""
+WHERE $__timeFilter(ts) AND {NEW_EVENT} AND {chosen(ANOMALY_SERVICE, "service")}"""
 
 _OPEN_BY_TIER_SQL = f"""SELECT tier,
        count() AS open,
@@ -258,7 +263,7 @@ FROM (
         SELECT incident_id, tier, opened, resolved, arrayJoin(series_ids) AS series_id
         FROM tillwatch.incidents FINAL
     ) AS i ON a.series_id = i.series_id
-    WHERE $__timeFilter(a.ts)
+    WHERE $__timeFilter(a.ts) AND a.{NEW_EVENT}
     GROUP BY a.ts, a.series_id, a.detector
 )
 WHERE {chosen(ANOMALY_SERVICE, "service")}
@@ -269,7 +274,7 @@ _ANOMALIES_BY_SERVICE_SQL = f"""SELECT $__timeInterval(ts) AS time,
        {ANOMALY_SERVICE} AS series,
        count() AS value
 FROM tillwatch.anomalies
-WHERE $__timeFilter(ts) AND {chosen(ANOMALY_SERVICE, "service")}
+WHERE $__timeFilter(ts) AND {NEW_EVENT} AND {chosen(ANOMALY_SERVICE, "service")}
 GROUP BY time, series
 ORDER BY time"""
 
@@ -319,7 +324,7 @@ BUSINESS = Dashboard(
               defaults={"thresholds": {"mode": "absolute", "steps": [
                   {"color": "green", "value": None}, {"color": "red", "value": 1}]}}),
         Panel("Anomalies in range", _ANOMALY_COUNT_SQL, "short", "stat", (18, 0, 6, 4),
-              "Detector verdicts in the time range"),
+              "Anomaly events begun in the range; reminders of ongoing ones not counted"),
         Panel("Orders per minute by channel",
               series_sql(_ORDERS, legend=_CHANNEL, where=_KPI_FILTERS),
               "short", "timeseries", (0, 4, 12, 8), "kpi.orders_per_minute summed per channel"),
@@ -343,11 +348,11 @@ BUSINESS = Dashboard(
               "Incidents open at any time in the range, page first, newest first",
               defaults={"mappings": _TIER_MAPPINGS}),
         Panel("Anomalies by incident tier", _ANOMALIES_BY_TIER_SQL, "short", "timeseries",
-              (0, 28, 12, 8), "Anomalies per bucket, by the highest tier of an incident "
-              "holding their series at the time; none when no incident holds them",
+              (0, 28, 12, 8), "Anomaly events begun per bucket, by the highest tier of an "
+              "incident holding their series at the time; none when no incident holds them",
               custom=_BARS),
         Panel("Anomalies by service", _ANOMALIES_BY_SERVICE_SQL, "short", "timeseries",
-              (12, 28, 12, 8), "Anomalies per bucket by the service of their series",
+              (12, 28, 12, 8), "Anomaly events begun per bucket by the service of their series",
               custom=_BARS),
         Panel("Recent alerts", _ALERTS_SQL, "short", "table", (0, 36, 24, 9),
               "Alert events sent to Alertmanager in the range, newest first",

@@ -20,7 +20,7 @@ import pytest
 from dashboards.build import DASHBOARDS, Dashboard, Panel, Variable
 from pipeline.sink import Sink
 from pipeline.storage import AlertRecord, IncidentRecord, Storage
-from tillwatch.anomaly import Anomaly
+from tillwatch.anomaly import REMINDER, Anomaly
 from tillwatch.sample import BatchBuilder, Series
 
 pytestmark = pytest.mark.integration
@@ -188,6 +188,9 @@ def _load_events(storage: Storage) -> None:
         _anomaly(REPLICA_LAG, START + 660),  # inside the page and the ticket
         _anomaly(HIT_RATIO, START + 700),    # inside the Redis ticket, before it resolved
         _anomaly(HIT_RATIO, START + 1000),   # after it resolved: no incident holds it
+        # Reminders that two events go on: the anomaly panels count events, not these.
+        _anomaly(SHOP_A, START + 540, reminder=True),
+        _anomaly(HIT_RATIO, START + 1120, reminder=True),
     ])
     storage.insert_alerts([
         AlertRecord(START + 320, "inc-page", "page", "firing",
@@ -199,10 +202,11 @@ def _load_events(storage: Storage) -> None:
     ])
 
 
-def _anomaly(series: Series, ts: float) -> Anomaly:
+def _anomaly(series: Series, ts: float, reminder: bool = False) -> Anomaly:
     return Anomaly(ts=ts, series_id=series.id, signal=series.signal,
                    labels=dict(series.labels), score=0.99, observed=1.0, expected=2.0,
-                   lower=1.5, upper=2.5, direction="down", detector="seasonal")
+                   lower=1.5, upper=2.5, direction="down", detector="seasonal",
+                   extra={REMINDER: 1.0} if reminder else {})
 
 
 @dataclass
@@ -292,6 +296,17 @@ def test_anomalies_take_the_tier_of_the_incident_holding_their_series(estate: Es
     for _, tier, count in rows:
         totals[tier] += count
     assert totals == {"page": 2, "ticket": 1, "none": 1}
+
+
+def test_anomaly_panels_count_events_begun_not_reminders_of_ongoing_ones(estate: Estate):
+    in_range = estate.run(BUSINESS, "Anomalies in range")
+    by_service = estate.run(BUSINESS, "Anomalies by service")
+
+    totals: dict[str, int] = defaultdict(int)
+    for _, service, count in by_service:
+        totals[service] += count
+    assert in_range == [(4,)]
+    assert totals == {"odoo": 1, "postgres": 1, "redis": 2}
 
 
 def test_an_alert_link_narrows_incidents_and_alerts_to_its_incident(estate: Estate):

@@ -25,12 +25,14 @@ at or above ``threshold`` becomes an :class:`~tillwatch.anomaly.Anomaly` naming 
 family that fired, the expected value and band, the observed value and the direction.
 A rule that keeps firing, or an ensemble event that goes on under its hold, is reported
 at its onset and then reminded of every ``reminder`` seconds (``Anomaly.extra`` marks
-the reminders), so its incident stays open while it lasts.
+the reminders), so its incident stays open while it lasts; a dip below the threshold
+shorter than ``reminder`` seconds does not end it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -92,8 +94,10 @@ class DetectorStage:
                  rules: Sequence[Rule] | None = None, multivariate: bool = False,
                  reminder: float = REMINDER_EVERY) -> None:
         self.threshold, self.reminder = threshold, reminder
-        # Time of the last anomaly reported per (family, slot) while its event goes on.
+        # Time of the last anomaly reported per (family, slot) while its event goes on,
+        # and since when an event going on has been below the threshold (a dip).
         self._reported: dict[tuple[str, int], float] = {}
+        self._dipped: dict[tuple[str, int], float] = {}
         self.rules = tuple(DEFAULT_RULES if rules is None else rules)
         self.multivariate = multivariate
         self.calendar = calendar or Calendar()
@@ -192,6 +196,8 @@ class DetectorStage:
             "reported_family": np.array([family for family, _ in keys], dtype=str),
             "reported_slot": np.array([slot for _, slot in keys], dtype=np.int64),
             "reported_ts": np.array(list(self._reported.values()), dtype=np.float64),
+            "reported_dipped": np.array([self._dipped.get(key, np.nan) for key in keys],
+                                        dtype=np.float64),
         }
 
     def _restore_reported(self, saved: np.lib.npyio.NpzFile, restored: set[str]) -> None:
@@ -199,10 +205,19 @@ class DetectorStage:
         family's slots would name other series, or a rule's state starts afresh."""
         if "reported_family" not in saved:
             return  # written before the events were saved: reminders resume at onsets
-        rows = zip(saved["reported_family"].tolist(), saved["reported_slot"].tolist(),
-                   saved["reported_ts"].tolist(), strict=True)
-        self._reported = {(family, int(slot)): float(ts) for family, slot, ts in rows
-                          if family in restored}
+        keys = [(family, int(slot)) for family, slot in
+                zip(saved["reported_family"].tolist(), saved["reported_slot"].tolist(),
+                    strict=True)]
+        # Written before dips were saved (2026-12-04): every event was above the threshold.
+        dipped = (saved["reported_dipped"].tolist() if "reported_dipped" in saved
+                  else [math.nan] * len(keys))
+        self._reported, self._dipped = {}, {}
+        for key, ts, since in zip(keys, saved["reported_ts"].tolist(), dipped, strict=True):
+            if key[0] not in restored:
+                continue
+            self._reported[key] = float(ts)
+            if not math.isnan(since):
+                self._dipped[key] = float(since)
 
     def _forest_arrays(self) -> dict[str, np.ndarray]:
         """Each service's series ids and forest rows, under ``forest<i>_`` keys."""
@@ -405,10 +420,15 @@ class DetectorStage:
                picked_slots: np.ndarray, onsets: set[int], going_on: np.ndarray
                ) -> dict[int, bool]:
         """Which samples to report: every onset, then one per ``reminder`` seconds while
-        the event goes on without a break.
+        the event goes on.
 
-        Once an event stops going on, only a new onset is reported: what its hold sees
-        later stays muted, so a reminder never revives an incident that has resolved. A
+        A dip below the threshold shorter than ``reminder`` seconds does not end the
+        event: an ensemble event is often decided first by a point view (a new maximum)
+        and a few samples later by the level view, its held score below the threshold in
+        between. Once an event has stayed below for ``reminder`` seconds, it is over and
+        only a new onset is reported: what its hold sees later stays muted, so a
+        reminder never revives an incident that has resolved (between two reports of
+        an event lie less than twice ``reminder``, inside the incidents' window). A
         sample the detector did not learn (a late one) neither continues nor ends it.
 
         Returns:
@@ -421,14 +441,18 @@ class DetectorStage:
             key, ts = (family, int(slot)), float(batch.ts[row])
             if i in onsets:
                 self._reported[key] = ts
+                self._dipped.pop(key, None)
                 reports[i] = False
-            elif not learned[i]:
+            elif not learned[i] or key not in self._reported:
                 continue
             elif not going_on[i]:
-                self._reported.pop(key, None)  # over: the next firing is an onset
-            elif key in self._reported and ts - self._reported[key] >= self.reminder:
-                self._reported[key] = ts
-                reports[i] = True
+                if ts - self._dipped.setdefault(key, ts) >= self.reminder:
+                    del self._reported[key], self._dipped[key]  # over: next is an onset
+            else:
+                self._dipped.pop(key, None)
+                if ts - self._reported[key] >= self.reminder:
+                    self._reported[key] = ts
+                    reports[i] = True
         return reports
 
     def _process_forests(self, batch: SampleBatch) -> list[Anomaly]:

@@ -328,6 +328,44 @@ def test_an_ensemble_event_that_goes_on_is_reported_once_then_reminded_of():
     assert MINUTE_1000 + 60.0 * 30 < reminders[-1].ts < MINUTE_1000 + 60.0 * 200
 
 
+def test_an_ensemble_event_that_dips_below_the_threshold_for_a_minute_goes_on():
+    rng = np.random.default_rng(0)
+    latency = 0.02 + rng.normal(0, 0.001, 1_200)
+    latency[1_000:] += 0.004  # four deviations: a new maximum first, the level view later
+    stage = DetectorStage(threshold=0.5)
+    before = stage.process(latency_batch(latency[:1_001]))
+    held = []
+    after = []
+    for minute in range(1_001, 1_200):
+        after += stage.process(latency_batch(latency[minute:minute + 1], start=minute))
+        held.append(float(stage.ensemble.held_score(np.array([0]))[0]))
+
+    # The event's hold lasts 100 minutes; what comes after is another event.
+    event = [a for a in before + after if MINUTE_1000 <= a.ts < MINUTE_1000 + 6_000]
+    assert 0 < held[0] < 0.5 and held[2] >= 0.5  # the dip: held, but below the threshold
+    assert event[0].ts == MINUTE_1000 and REMINDER not in event[0].extra
+    assert event[-1].ts > MINUTE_1000 + 60.0 * 90  # reminded of to its end, not only onset
+    assert all(a.extra == {REMINDER: 1.0} for a in event[1:])
+    assert np.diff([a.ts for a in event]).max() <= 2 * stage.reminder
+
+
+def test_a_snapshot_taken_in_a_dip_keeps_when_the_dip_began(tmp_path):
+    rng = np.random.default_rng(0)
+    latency = 0.02 + rng.normal(0, 0.001, 1_002)
+    latency[1_000:] += 0.004  # the event of the test above, saved in its dip at 1,001
+    stage = DetectorStage(threshold=0.5)
+    stage.process(latency_batch(latency))
+    stage.snapshot(tmp_path / "first.npz")
+    restored = DetectorStage(threshold=0.5)
+    restored.restore(tmp_path / "first.npz")
+    restored.snapshot(tmp_path / "second.npz")
+
+    with np.load(tmp_path / "first.npz") as first, np.load(tmp_path / "second.npz") as second:
+        assert first["reported_dipped"].tolist() == [MINUTE_1000 + 60.0]
+        assert second["reported_ts"].tolist() == [MINUTE_1000]
+        assert second["reported_dipped"].tolist() == [MINUTE_1000 + 60.0]
+
+
 def test_a_restarted_stage_goes_on_reminding_of_an_ensemble_event(tmp_path):
     rng = np.random.default_rng(5)
     latency = 0.02 + rng.normal(0, 0.001, 1_060)
